@@ -1,0 +1,12 @@
+"""circfft: in-place real FFTs in the packed (halfcomplex) layout, and circulant algebra on it.
+
+``import circfft`` is cheap: numba, cupy and torch are imported by their backends on first use.
+"""
+from ._dispatch import set_backend
+from ._layout import from_rfft, spectral_mul, to_rfft
+from ._transforms import irdfft, rdfft
+from ._version import __version__
+from . import backends
+
+__all__ = ["rdfft", "irdfft", "to_rfft", "from_rfft", "spectral_mul", "set_backend",
+           "backends", "__version__"]

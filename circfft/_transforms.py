@@ -1,0 +1,164 @@
+"""The public transforms ``rdfft`` and ``irdfft``: argument handling, ``out`` semantics, dispatch."""
+from __future__ import annotations
+
+import numpy as np
+
+from ._dispatch import resolve
+from ._validation import (check_axis, check_norm, check_out, check_real_dtype, check_workers,
+                          same_view, scale_for)
+
+__all__ = ["rdfft", "irdfft"]
+
+
+def _transform(x, axis, norm, out, overwrite_x, workers, backend, forward):
+    be = resolve(x, backend)
+    if be.family != "numpy":
+        return be.transform(x, axis=axis, norm=norm, out=out, overwrite_x=overwrite_x,
+                            workers=workers, forward=forward)
+    inplace = out is not None and same_view(out, x)
+    if inplace and not isinstance(x, np.ndarray):
+        raise TypeError(f"out=x needs x to be a numpy.ndarray, got {type(x).__name__}")
+    arr = np.asarray(x)
+    dtype = check_real_dtype(arr.dtype, "x", inplace)
+    if arr.ndim == 0:
+        raise ValueError("x must have at least one dimension, got a 0-d array")
+    axis = check_axis(axis, arr.ndim)
+    norm = check_norm(norm)
+    workers = check_workers(workers)
+    if inplace:
+        if not arr.flags.writeable:
+            raise ValueError("x is read-only, so out=x cannot transform it in place")
+        result = arr
+    elif out is not None:
+        check_out(out, arr, dtype)
+        out[...] = arr
+        result = out
+    elif overwrite_x and arr is x and arr.dtype == dtype and arr.flags.writeable:
+        result = arr
+    else:
+        result = np.array(arr, dtype=dtype, order="C", copy=True)
+    n = result.shape[axis]
+    if result.size:
+        be.execute(np.moveaxis(result, axis, -1), forward=forward,
+                   scale=scale_for(norm, n, forward), workers=workers)
+    return result
+
+
+_PARAMS = """
+    Parameters
+    ----------
+    x : array_like
+        Real input: float32 or float64 (kept), or integers/float16 (promoted to float64/float32
+        when a new array is returned).
+    axis : int, optional
+        Axis over which to compute the transform. Default is the last axis.
+    norm : {{None, "backward", "ortho", "forward"}}, optional
+        Normalisation mode, as in `numpy.fft`: "backward" (default, same as None) leaves the
+        forward transform unscaled and scales the inverse by ``1/n``; "ortho" scales both by
+        ``1/sqrt(n)``; "forward" scales the forward transform by ``1/n``.
+    out : ndarray, optional
+        ``out=x`` transforms ``x`` in place and returns it (float32/float64, writeable).  Any
+        other array receives the result; it must have ``x``'s shape and the result dtype and
+        must not overlap ``x``.
+    overwrite_x : bool, optional
+        If True and ``out`` is None, the contents of ``x`` may be destroyed: a writeable float32
+        or float64 ``x`` is used as the output buffer and returned.
+    workers : int, optional
+        Maximum number of threads, following `scipy.fft`: None means 1, negative values wrap
+        around ``os.cpu_count()`` (-1 uses all CPUs).
+    backend : str or Backend, optional
+        Backend to use; by default the one chosen by `set_backend` or by the array's type.
+"""
+
+_NOTES = """
+    Power-of-two lengths run in place: the compiled backend needs, per worker thread, a
+    scratch of at most ``max(n, 2**17)`` elements and never more memory as rows are added.
+    Other lengths (odd ones included) give the exact result in the same layout through
+    `numpy.fft`, on blocks of rows, with a temporary of at most ``max(n, 2**16)`` complex
+    elements.  NaN and Inf propagate.  Empty arrays give empty results.
+"""
+
+
+def rdfft(x, /, axis=-1, norm=None, *, out=None, overwrite_x=False, workers=None, backend=None):
+    return _transform(x, axis, norm, out, overwrite_x, workers, backend, True)
+
+
+def irdfft(x, /, axis=-1, norm=None, *, out=None, overwrite_x=False, workers=None, backend=None):
+    return _transform(x, axis, norm, out, overwrite_x, workers, backend, False)
+
+
+rdfft.__doc__ = """Real-domain discrete Fourier transform in the packed (halfcomplex) layout.
+
+    The output has the same shape and dtype as the input and can overwrite it
+    (``rdfft(x, out=x)``).
+""" + _PARAMS + """
+    Returns
+    -------
+    X : ndarray
+        Packed spectrum, same shape as ``x``.  With ``Y = numpy.fft.rfft(x, axis=axis)`` and
+        ``n = x.shape[axis]``, along ``axis``:
+
+        - ``X[k] = Re Y[k]`` for ``0 <= k <= n//2``;
+        - ``X[n-k] = Im Y[k]`` for ``0 < k < (n+1)//2``.
+
+        For ``n = 8``: ``[Re Y0, Re Y1, Re Y2, Re Y3, Re Y4, Im Y3, Im Y2, Im Y1]``.  This is
+        FFTW's R2HC layout.  The object returned is ``out`` when given.
+
+    Raises
+    ------
+    TypeError
+        Complex, bool, object or string input; ``out`` of the wrong type or dtype; integer or
+        float16 ``x`` with ``out=x``.
+    ValueError
+        0-d input, ``axis`` out of range, unknown ``norm``, ``out`` of the wrong shape or
+        partially overlapping ``x``, read-only ``x`` with ``out=x``.
+
+    See Also
+    --------
+    irdfft : The inverse.
+    to_rfft : Packed spectrum to numpy's complex form.
+    scipy.fft.rfft : The same transform with complex output.
+
+    Notes
+    -----""" + _NOTES + """
+    Examples
+    --------
+    >>> import numpy as np, circfft
+    >>> x = np.array([1.0, 2.0, 0.0, -1.0])
+    >>> circfft.rdfft(x)
+    array([ 2.,  1.,  0., -3.])
+    >>> np.fft.rfft(x)
+    array([2.+0.j, 1.-3.j, 0.+0.j])
+    >>> y = np.arange(8.0)
+    >>> circfft.rdfft(y, out=y) is y
+    True
+"""
+
+irdfft.__doc__ = """Inverse of `rdfft`: packed (halfcomplex) spectrum back to the real signal.
+""" + _PARAMS.replace("Real input", "Packed spectrum") + """
+    Returns
+    -------
+    x : ndarray
+        Real signal, same shape as the input, with
+        ``x = numpy.fft.irfft(to_rfft(X, axis), n, axis=axis, norm=norm)``.  The input is
+        read as ``Re Y[k] = X[k]`` (``0 <= k <= n//2``) and ``Im Y[k] = X[n-k]``
+        (``0 < k < (n+1)//2``).  The object returned is ``out`` when given.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for `rdfft`.
+
+    See Also
+    --------
+    rdfft : The forward transform.
+    scipy.fft.irfft : The same transform from a complex half spectrum.
+
+    Notes
+    -----""" + _NOTES + """
+    Examples
+    --------
+    >>> import numpy as np, circfft
+    >>> circfft.irdfft(np.array([2.0, 1.0, 0.0, -3.0]))
+    array([ 1.,  2.,  0., -1.])
+"""
