@@ -1,0 +1,814 @@
+"""PyTorch backend: ``rdfft``/``irdfft`` and the circulant operators on tensors, with autograd.
+
+Importing this module does not import torch; :meth:`TorchBackend.load` does, and registers the
+custom operators (namespace ``circfft``) on first use.  Those operators are what makes the
+transforms work unchanged in eager mode, under ``torch.no_grad``/``torch.inference_mode`` and
+inside ``torch.compile(fullgraph=True)``:
+
+``circfft::transform(x, dim, forward, scale, workers, weighted) -> Tensor``
+    Out-of-place transform along ``dim``, with an autograd formula.
+``circfft::transform_(x!, dim, forward, scale, workers, weighted) -> ()``
+    The same, in place (no autograd formula: the in-place public path wraps it in an
+    ``autograd.Function`` that marks ``x`` dirty).
+``circfft::block_circulant(x, w, pre, post, transpose) -> (y, spec)``
+    ``y = post * C(w) (pre * x)`` (or ``C(w)^T``) on rows of ``x``; ``spec`` is the packed
+    spectrum of ``pre * x`` in the slot layout below, the only tensor saved for backward.
+``circfft::block_circulant_backward(...) -> (dx, dw, dpre, dpost)``
+    The gradients, computed chunk by chunk from ``spec``.
+
+Linear algebra of the transform (DESIGN §2).  Write ``F`` for the unnormalised forward
+transform (the matrix ``R``), ``B = n R^{-1}`` for the unnormalised inverse and ``D`` for the
+diagonal with 1 at slots 0 and ``n/2`` and 1/2 elsewhere, so that ``R R^T = n D``.  Then
+``F^T = B D`` and ``B^T = D^{-1} F``.  The op computes ``s F``, ``s D^{-1} F`` (forward,
+weighted), ``s B`` or ``s B D`` (inverse, weighted), and the adjoint of each member of this
+family is the member with both ``forward`` and ``weighted`` flipped.  So every backward is a
+diagonal scaling (two columns touched) plus one transform, run in place on the one buffer that
+becomes the gradient; nothing is saved.
+
+Devices.  CPU tensors (float32/float64) are transformed by the numba kernels (numpy backend if
+numba is missing) on zero-copy numpy views of the tensor's memory.  CUDA tensors use the kernel
+set with :func:`set_cuda_kernel` when one is registered (the hook for a GPU backend), and
+otherwise a correct ``torch.fft`` path.  float16/bfloat16 are computed in float32 and returned
+in their own dtype.
+
+Slot layout of a block spectrum.  For rows of ``nb`` blocks of length ``b`` the packed spectra
+are stored frequency-major as ``spec[S, T, 2 nb]`` with ``S = ceil(b/2)``: slot ``k >= 1`` holds
+``[Re X_k of every block, Im X_k of every block]``; slot 0 holds ``[X_0, X_{b/2}]`` (both real;
+zeros for odd ``b``).  The block-circulant product is then one real batched matmul per chunk,
+``(S, t, 2 nb_in) @ (S, 2 nb_in, 2 nb_out)``, whose ``2 x 2`` block structure
+``[[Wr, Wi], [-Wi, Wr]]`` is the complex product of DESIGN §3, and the same buffer has exactly
+the size of ``x`` for even ``b``.
+"""
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+
+from .._validation import check_axis, check_norm, check_workers, scale_for
+from ._base import Backend, BackendUnavailable
+
+__all__ = ["TorchBackend", "set_cuda_kernel", "CHUNK_ELEMENTS"]
+
+#: Rows of ``x`` are processed in chunks of about this many elements (per side), so that the
+#: temporaries of the circulant operators never grow with the number of tokens.
+CHUNK_ELEMENTS = 1 << 18
+
+torch = None            # the torch module, bound by TorchBackend.load()
+_ops = None             # torch.ops.circfft once registered
+_register_lock = threading.Lock()
+_cpu = None             # the numpy-family backend running the CPU kernels
+_cuda_kernel = None     # optional GPU kernel: fn(x, forward, scale) in place on the last axis
+_force_torch_fft = False  # tests: run the torch.fft path on CPU tensors too
+
+_HALF = ()              # (torch.float16, torch.bfloat16) once torch is loaded
+_FLOATS = ()
+
+
+def set_cuda_kernel(fn) -> None:
+    """Register the in-place GPU transform used for CUDA tensors (the GPU backend's hook).
+
+    ``fn(x, forward, scale)`` must transform the float32/float64 CUDA tensor ``x`` in place
+    along its last axis (any strides of the other axes), unnormalised and multiplied by
+    ``scale``, exactly as :meth:`circfft.backends.Backend.execute` does for numpy views.
+    ``None`` restores the ``torch.fft`` fallback.
+    """
+    global _cuda_kernel
+    _cuda_kernel = fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels on tensors (no autograd here: these run inside the custom ops)
+# ---------------------------------------------------------------------------------------------
+def _cpu_backend():
+    global _cpu
+    if _cpu is None:
+        try:
+            from .numba_backend import NumbaBackend
+
+            _cpu = NumbaBackend().load()
+        except (BackendUnavailable, ImportError):
+            from .numpy_backend import NumpyBackend
+
+            _cpu = NumpyBackend().load()
+    return _cpu
+
+
+def _torch_fft_inplace(xm, forward: bool, scale: float) -> None:
+    """Unnormalised packed transform of ``xm`` in place along its last axis via torch.fft."""
+    n = xm.shape[-1]
+    h, ni = n // 2, (n - 1) // 2
+    if forward:
+        Y = torch.fft.rfft(xm, dim=-1)
+        if scale != 1.0:
+            Y = Y * scale
+        xm[..., : h + 1] = Y.real
+        if ni:
+            xm[..., n - ni:] = Y.imag[..., 1: ni + 1].flip(-1)
+    else:
+        imag = torch.zeros_like(xm[..., : h + 1])
+        if ni:
+            imag[..., 1: ni + 1] = xm[..., n - ni:].flip(-1)
+        Y = torch.complex(xm[..., : h + 1], imag)
+        r = torch.fft.irfft(Y, n=n, dim=-1, norm="forward")
+        if scale != 1.0:
+            r = r * scale
+        xm.copy_(r)
+
+
+def _kernel_last(xm, forward: bool, scale: float, workers: int) -> None:
+    """Unnormalised transform times ``scale`` in place along the last axis (float32/64)."""
+    if xm.numel() == 0:
+        return
+    if xm.device.type == "cpu" and not _force_torch_fft:
+        arr = xm.detach().numpy()
+        _cpu_backend().execute(arr, forward=forward, scale=scale, workers=workers)
+    elif xm.device.type == "cuda" and _cuda_kernel is not None:
+        _cuda_kernel(xm, forward, scale)
+    else:
+        _torch_fft_inplace(xm, forward, scale)
+
+
+def _kernel(x, dim: int, forward: bool, scale: float, workers: int, weighted: bool) -> None:
+    """The member of the transform family selected by (forward, weighted), in place on ``x``."""
+    if x.numel() == 0:
+        return
+    if x.dtype in _HALF:
+        tmp = x.to(torch.float32)
+        _kernel(tmp, dim, forward, scale, workers, weighted)
+        x.copy_(tmp)
+        return
+    xm = x.movedim(dim, -1)
+    n = xm.shape[-1]
+    special = [0] + ([n // 2] if n % 2 == 0 and n > 1 else [])
+    if weighted and not forward:            # s * B * D: D first
+        for k in special:
+            xm[..., k] *= 2.0
+        _kernel_last(xm, False, 0.5 * scale, workers)
+    elif weighted:                          # s * D^{-1} * F: D^{-1} last
+        _kernel_last(xm, True, 2.0 * scale, workers)
+        for k in special:
+            xm[..., k] *= 0.5
+    else:
+        _kernel_last(xm, forward, scale, workers)
+
+
+def _transform_impl(x, dim: int, forward: bool, scale: float, workers: int,
+                    weighted: bool):
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    y.copy_(x)
+    _kernel(y, dim, forward, scale, workers, weighted)
+    return y
+
+
+def _transform_fake(x, dim, forward, scale, workers, weighted):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _transform_inplace_impl(x, dim: int, forward: bool, scale: float, workers: int,
+                            weighted: bool) -> None:
+    _kernel(x, dim, forward, scale, workers, weighted)
+
+
+def _transform_setup(ctx, inputs, output):
+    _, ctx.dim, ctx.forward, ctx.scale, ctx.workers, ctx.weighted = inputs
+
+
+def _transform_backward(ctx, grad):
+    g = _ops.transform(grad, ctx.dim, not ctx.forward, ctx.scale, ctx.workers,
+                       not ctx.weighted)
+    return g, None, None, None, None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# Block-circulant products in the slot layout
+# ---------------------------------------------------------------------------------------------
+def _compute_dtype(dtype):
+    return torch.float32 if dtype in _HALF else dtype
+
+
+def _wbig(w, cd):
+    """``(S, 2n, 2m)`` real matrices of the packed spectrum of ``w`` (m, n, b), normal orientation.
+
+    Row-vector convention: a slot row ``[Xr, Xi]`` of the ``n`` input blocks times ``Wbig[k]``
+    gives ``[Yr, Yi]`` of the ``m`` output blocks, ``Y = W X`` per frequency.
+    """
+    m, n, b = w.shape
+    S, ni = (b + 1) // 2, (b - 1) // 2
+    W = torch.empty((m, n, b), dtype=cd, device=w.device)
+    W.copy_(w)
+    _kernel(W, 2, True, 1.0, 1, False)
+    Wp = W.permute(2, 1, 0)                 # (b, n, m): Wp[k] = W[:, :, k]^T
+    big = torch.zeros((S, 2 * n, 2 * m), dtype=cd, device=w.device)
+    big[0, :n, :m] = Wp[0]
+    if b % 2 == 0 and b > 1:
+        big[0, n:, m:] = Wp[b // 2]
+    if ni:
+        wr = Wp[1: ni + 1]
+        wi = Wp[b - ni:].flip(0)
+        big[1:, :n, :m] = wr
+        big[1:, :n, m:] = wi
+        big[1:, n:, :m] = -wi
+        big[1:, n:, m:] = wr
+    return big
+
+
+def _dw_from_products(P, m, n, b, cd):
+    """Packed ``dW`` (m, n, b) from ``P[k] = A_k^T B_k`` (``A`` on the d_out side)."""
+    S, ni = (b + 1) // 2, (b - 1) // 2
+    dW = torch.zeros((m, n, b), dtype=cd, device=P.device)
+    dW[:, :, 0] = P[0, :m, :n]
+    if b % 2 == 0 and b > 1:
+        dW[:, :, b // 2] = P[0, m:, n:]
+    if ni:
+        re = P[1:, :m, :n] + P[1:, m:, n:]          # (ni, m, n)
+        im = P[1:, m:, :n] - P[1:, :m, n:]
+        dW[:, :, 1: ni + 1] = re.permute(1, 2, 0)
+        dW[:, :, b - ni:] = im.flip(0).permute(1, 2, 0)
+    return dW
+
+
+def _slots_numpy(H, out):
+    """Packed rows ``H`` (t, nb, b) -> slots ``out`` (S, t, 2 nb) (numpy reference version)."""
+    t, nb, b = H.shape
+    ni = (b - 1) // 2
+    out[0, :, :nb] = H[:, :, 0]
+    out[0, :, nb:] = H[:, :, b // 2] if b % 2 == 0 and b > 1 else 0.0
+    if ni:
+        out[1:, :, :nb] = H[:, :, 1: ni + 1].transpose(2, 0, 1)
+        out[1:, :, nb:] = H[:, :, b - 1: b - ni - 1: -1].transpose(2, 0, 1)
+
+
+def _unslots_numpy(src, H):
+    """Inverse of `_slots_numpy`: slots ``src`` (S, t, 2 nb) -> packed rows ``H`` (t, nb, b)."""
+    t, nb, b = H.shape
+    ni = (b - 1) // 2
+    H[:, :, 0] = src[0, :, :nb]
+    if b % 2 == 0 and b > 1:
+        H[:, :, b // 2] = src[0, :, nb:]
+    if ni:
+        H[:, :, 1: ni + 1] = src[1:, :, :nb].transpose(1, 2, 0)
+        H[:, :, b - 1: b - ni - 1: -1] = src[1:, :, nb:].transpose(1, 2, 0)
+
+
+_slot_fns = None
+
+
+def _slot_kernels():
+    """(to_slots, from_slots) compiled with numba when available, else the numpy versions."""
+    global _slot_fns
+    if _slot_fns is not None:
+        return _slot_fns
+    try:
+        from numba import njit
+    except ImportError:  # pragma: no cover - depends on the environment
+        _slot_fns = (_slots_numpy, _unslots_numpy)
+        return _slot_fns
+    jit = njit(cache=True, nogil=True, boundscheck=False)
+
+    @jit
+    def to_slots(H, out):
+        t, nb, b = H.shape
+        ni = (b - 1) // 2
+        h = b // 2 if b % 2 == 0 and b > 1 else -1
+        for r in range(t):
+            for j in range(nb):
+                out[0, r, j] = H[r, j, 0]
+                out[0, r, nb + j] = H[r, j, h] if h > 0 else 0.0
+            for k in range(1, ni + 1):
+                for j in range(nb):
+                    out[k, r, j] = H[r, j, k]
+                    out[k, r, nb + j] = H[r, j, b - k]
+
+    @jit
+    def from_slots(src, H):
+        t, nb, b = H.shape
+        ni = (b - 1) // 2
+        h = b // 2 if b % 2 == 0 and b > 1 else -1
+        for r in range(t):
+            for j in range(nb):
+                H[r, j, 0] = src[0, r, j]
+                if h > 0:
+                    H[r, j, h] = src[0, r, nb + j]
+            for k in range(1, ni + 1):
+                for j in range(nb):
+                    H[r, j, k] = src[k, r, j]
+                    H[r, j, b - k] = src[k, r, nb + j]
+
+    _slot_fns = (to_slots, from_slots)
+    return _slot_fns
+
+
+def _use_numpy_views(t) -> bool:
+    return t.device.type == "cpu" and not _force_torch_fft
+
+
+def _to_slots(src, nb, b, sc, scratch, workers):
+    """Packed spectra of the rows of ``src`` (t, nb*b), float compute dtype, into ``sc``.
+
+    ``sc`` is ``(S, t, 2 nb)`` (a slice of the saved ``spec`` or a chunk buffer); ``scratch`` a
+    ``(t, nb*b)`` buffer of the compute dtype that may be ``src`` itself.
+    """
+    t = src.shape[0]
+    S, ni = (b + 1) // 2, (b - 1) // 2
+    even = b % 2 == 0 and b > 1
+    if _use_numpy_views(src):
+        if scratch is not src:
+            scratch.copy_(src)
+        H = scratch.detach().numpy().reshape(t, nb, b)
+        _cpu_backend().execute(H, forward=True, scale=1.0, workers=workers)
+        _slot_kernels()[0](H, sc.detach().numpy())
+        return
+    Y = torch.fft.rfft(src.reshape(t, nb, b), dim=-1)          # (t, nb, b//2+1)
+    sc[0, :, :nb] = Y[..., 0].real
+    if even:
+        sc[0, :, nb:] = Y[..., b // 2].real
+    else:
+        sc[0, :, nb:] = 0.0
+    if ni:
+        Yk = Y[..., 1: ni + 1].permute(2, 0, 1)
+        sc[1:, :, :nb] = Yk.real
+        sc[1:, :, nb:] = Yk.imag
+
+
+def _from_slots(sl, nb, b, dst, workers):
+    """Inverse of `_to_slots` with the ``1/b`` of irdfft: slots ``(S, t, 2 nb)`` -> ``dst``.
+
+    ``dst`` is a ``(t, nb*b)`` tensor of the compute dtype with contiguous rows.
+    """
+    t = dst.shape[0]
+    ni = (b - 1) // 2
+    even = b % 2 == 0 and b > 1
+    if _use_numpy_views(dst):
+        H = dst.detach().numpy().reshape(t, nb, b)
+        _slot_kernels()[1](sl.detach().numpy(), H)
+        _cpu_backend().execute(H, forward=False, scale=1.0 / b, workers=workers)
+        return
+    h = b // 2
+    Y = torch.zeros((t, nb, h + 1), dtype=torch.complex64 if dst.dtype == torch.float32
+                    else torch.complex128, device=dst.device)
+    Y[..., 0] = sl[0, :, :nb]
+    if even:
+        Y[..., h] = sl[0, :, nb:]
+    if ni:
+        Y[..., 1: ni + 1] = torch.complex(sl[1:, :, :nb], sl[1:, :, nb:]).permute(1, 2, 0)
+    dst.view(t, nb, b).copy_(torch.fft.irfft(Y, n=b, dim=-1))
+
+
+def _apply_slots(sl, M, out):
+    """``out = sl @ M`` per slot; tiny inner sizes use broadcasting instead of bmm."""
+    if M.shape[1] <= 2:
+        torch.mul(sl[:, :, 0:1], M[:, 0:1, :], out=out)
+        for j in range(1, M.shape[1]):
+            out.addcmul_(sl[:, :, j: j + 1], M[:, j: j + 1, :])
+    else:
+        torch.bmm(sl, M, out=out)
+    return out
+
+
+def _chunk_rows(T, width):
+    return max(1, min(T, CHUNK_ELEMENTS // max(1, width)))
+
+
+def _threads():
+    # One numba thread per call: the chunks are small, and numba's thread pool competing with
+    # torch's OpenMP threads costs far more than it gains (measured on 2 cores).
+    return 1
+
+
+def _bc_forward_impl(x, w, pre, post, transpose: bool):
+    m, n, b = w.shape
+    nx, ny = (m, n) if transpose else (n, m)
+    T = x.shape[0]
+    cd = _compute_dtype(x.dtype)
+    S = (b + 1) // 2
+    dev = x.device
+    spec = torch.empty((S, T, 2 * nx), dtype=cd, device=dev)
+    y = torch.empty((T, ny * b), dtype=x.dtype, device=dev)
+    if T == 0:
+        return y, spec
+    big = _wbig(w, cd)
+    M = big.transpose(1, 2) if transpose else big
+    pre_c = None if pre is None else pre.to(cd)
+    post_c = None if post is None else post.to(cd)
+    tc = _chunk_rows(T, max(nx, ny) * b)
+    workers = _threads()
+    scratch = torch.empty((tc, nx * b), dtype=cd, device=dev)
+    ysl = torch.empty((S, tc, 2 * ny), dtype=cd, device=dev)
+    ybuf = None if y.dtype == cd else torch.empty((tc, ny * b), dtype=cd, device=dev)
+    for t0 in range(0, T, tc):
+        t1 = min(T, t0 + tc)
+        k = t1 - t0
+        xs = scratch[:k]
+        if pre_c is not None:
+            torch.mul(x[t0:t1], pre_c, out=xs)
+        else:
+            xs.copy_(x[t0:t1])
+        sc = spec[:, t0:t1]
+        _to_slots(xs, nx, b, sc, xs, workers)
+        ys = _apply_slots(sc, M, ysl[:, :k])
+        dst = y[t0:t1] if ybuf is None else ybuf[:k]
+        _from_slots(ys, ny, b, dst, workers)
+        if post_c is not None:
+            dst.mul_(post_c)
+        if ybuf is not None:
+            y[t0:t1].copy_(dst)
+    return y, spec
+
+
+def _bc_forward_fake(x, w, pre, post, transpose):
+    m, n, b = w.shape
+    nx, ny = (m, n) if transpose else (n, m)
+    T = x.shape[0]
+    cd = _compute_dtype(x.dtype)
+    spec = x.new_empty(((b + 1) // 2, T, 2 * nx), dtype=cd)
+    y = x.new_empty((T, ny * b))
+    return y, spec
+
+
+def _bc_backward_impl(gy, spec, w, x, pre, post, transpose: bool, need_x: bool,
+                      need_w: bool, need_pre: bool, need_post: bool):
+    m, n, b = w.shape
+    nx, ny = (m, n) if transpose else (n, m)
+    T = gy.shape[0]
+    cd = _compute_dtype(gy.dtype)
+    S = (b + 1) // 2
+    dev = gy.device
+    big = _wbig(w, cd)
+    Mf = big.transpose(1, 2) if transpose else big        # x side -> y side
+    Mb = Mf.transpose(1, 2)                                 # y side -> x side
+    pre_c = None if pre is None else pre.to(cd)
+    post_c = None if post is None else post.to(cd)
+    dx = torch.empty((T, nx * b) if need_x else (0,), dtype=gy.dtype, device=dev)
+    P = torch.zeros((S, 2 * m, 2 * n) if need_w else (0,), dtype=cd, device=dev)
+    dpre = torch.zeros((nx * b,) if need_pre else (0,), dtype=cd, device=dev)
+    dpost = torch.zeros((ny * b,) if need_post else (0,), dtype=cd, device=dev)
+    if T > 0 and (need_x or need_w or need_pre or need_post):
+        tc = _chunk_rows(T, max(nx, ny) * b)
+        workers = _threads()
+        gbuf = torch.empty((tc, ny * b), dtype=cd, device=dev)
+        gsl = torch.empty((S, tc, 2 * ny), dtype=cd, device=dev)
+        usl = torch.empty((S, tc, 2 * nx), dtype=cd, device=dev)
+        need_u = need_x or need_pre
+        ubuf = None
+        if need_u and (not need_x or dx.dtype != cd):
+            ubuf = torch.empty((tc, nx * b), dtype=cd, device=dev)
+        ypbuf = torch.empty((tc, ny * b), dtype=cd, device=dev) if need_post else None
+        ypsl = torch.empty((S, tc, 2 * ny), dtype=cd, device=dev) if need_post else None
+        for t0 in range(0, T, tc):
+            t1 = min(T, t0 + tc)
+            k = t1 - t0
+            g = gbuf[:k]
+            if post_c is not None:
+                torch.mul(gy[t0:t1], post_c, out=g)
+            else:
+                g.copy_(gy[t0:t1])
+            sc = spec[:, t0:t1]
+            if need_post:
+                # d post = sum_t gy * (C (pre x)): recompute C (pre x) from the saved spectrum
+                yp = ypbuf[:k]
+                _from_slots(_apply_slots(sc, Mf, ypsl[:, :k]), ny, b, yp, workers)
+                yp.mul_(gy[t0:t1])
+                dpost += yp.sum(0)
+            gs = gsl[:, :k]
+            _to_slots(g, ny, b, gs, g, workers)
+            if need_w:
+                # dW = sum_t A conj(B), A on the d_out side, B on the d_in side
+                if transpose:
+                    P.baddbmm_(sc.transpose(1, 2), gs)
+                else:
+                    P.baddbmm_(gs.transpose(1, 2), sc)
+            if need_u:
+                us = _apply_slots(gs, Mb, usl[:, :k])
+                du = ubuf[:k] if ubuf is not None else dx[t0:t1]
+                _from_slots(us, nx, b, du, workers)
+                if need_pre:
+                    xin = x[t0:t1].to(cd)
+                    dpre += (xin * du).sum(0)
+                if need_x:
+                    if pre_c is not None:
+                        du.mul_(pre_c)
+                    if ubuf is not None:
+                        dx[t0:t1].copy_(du)
+    if need_w:
+        dW = _dw_from_products(P, m, n, b, cd)
+        _kernel(dW, 2, False, 1.0 / b, 1, False)
+        dw = dW.to(w.dtype)
+    else:
+        dw = torch.empty((0,), dtype=w.dtype, device=dev)
+    dpre = dpre.to(gy.dtype) if pre is None else dpre.to(pre.dtype)
+    dpost = dpost.to(gy.dtype) if post is None else dpost.to(post.dtype)
+    return dx, dw, dpre, dpost
+
+
+def _bc_backward_fake(gy, spec, w, x, pre, post, transpose, need_x, need_w, need_pre,
+                      need_post):
+    m, n, b = w.shape
+    nx, ny = (m, n) if transpose else (n, m)
+    T = gy.shape[0]
+    dx = gy.new_empty((T, nx * b) if need_x else (0,))
+    dw = w.new_empty((m, n, b) if need_w else (0,))
+    pdt = gy.dtype if pre is None else pre.dtype
+    qdt = gy.dtype if post is None else post.dtype
+    dpre = gy.new_empty((nx * b,) if need_pre else (0,), dtype=pdt)
+    dpost = gy.new_empty((ny * b,) if need_post else (0,), dtype=qdt)
+    return dx, dw, dpre, dpost
+
+
+def _bc_setup(ctx, inputs, output):
+    x, w, pre, post, transpose = inputs
+    y, spec = output
+    ctx.mark_non_differentiable(spec)
+    ctx.set_materialize_grads(False)
+    ctx.transpose = transpose
+    ctx.has_pre = pre is not None
+    ctx.has_post = post is not None
+    keep_x = x if (pre is not None and ctx.needs_input_grad[2]) else None
+    ctx.save_for_backward(spec, w, keep_x, pre, post)
+
+
+def _bc_backward(ctx, gy, gspec):
+    spec, w, x, pre, post = ctx.saved_tensors
+    need_x, need_w, need_pre, need_post = (bool(v) for v in ctx.needs_input_grad[:4])
+    need_pre = need_pre and ctx.has_pre
+    need_post = need_post and ctx.has_post
+    if gy is None or not (need_x or need_w or need_pre or need_post):
+        return None, None, None, None, None
+    dx, dw, dpre, dpost = _ops.block_circulant_backward(
+        gy.contiguous(), spec, w, x, pre, post, ctx.transpose, need_x, need_w, need_pre,
+        need_post)
+    return (dx if need_x else None, dw if need_w else None,
+            dpre if need_pre else None, dpost if need_post else None, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration
+# ---------------------------------------------------------------------------------------------
+def _register():
+    global _ops, _HALF, _FLOATS
+    if _ops is not None:
+        return
+    with _register_lock:
+        if _ops is not None:
+            return
+        _HALF = (torch.float16, torch.bfloat16)
+        _FLOATS = (torch.float32, torch.float64) + _HALF
+        lib = torch.library
+        t = lib.custom_op(
+            "circfft::transform", _transform_impl, mutates_args=(),
+            schema="(Tensor x, int dim, bool forward, float scale, int workers, "
+                   "bool weighted) -> Tensor")
+        t.register_fake(_transform_fake)
+        t.register_autograd(_transform_backward, setup_context=_transform_setup)
+        ti = lib.custom_op(
+            "circfft::transform_", _transform_inplace_impl, mutates_args=("x",),
+            schema="(Tensor(a!) x, int dim, bool forward, float scale, int workers, "
+                   "bool weighted) -> ()")
+        ti.register_fake(lambda x, dim, forward, scale, workers, weighted: None)
+        bc = lib.custom_op(
+            "circfft::block_circulant", _bc_forward_impl, mutates_args=(),
+            schema="(Tensor x, Tensor w, Tensor? pre, Tensor? post, bool transpose) "
+                   "-> (Tensor, Tensor)")
+        bc.register_fake(_bc_forward_fake)
+        bc.register_autograd(_bc_backward, setup_context=_bc_setup)
+        bcb = lib.custom_op(
+            "circfft::block_circulant_backward", _bc_backward_impl, mutates_args=(),
+            schema="(Tensor gy, Tensor spec, Tensor w, Tensor? x, Tensor? pre, Tensor? post, "
+                   "bool transpose, bool need_x, bool need_w, bool need_pre, bool need_post) "
+                   "-> (Tensor, Tensor, Tensor, Tensor)")
+        bcb.register_fake(_bc_backward_fake)
+        _ops = torch.ops.circfft
+
+
+def _make_inplace_function():
+    class InplaceTransform(torch.autograd.Function):
+        """``x`` transformed in place; backward is the adjoint member of the family."""
+
+        @staticmethod
+        def forward(ctx, x, dim, forward, scale, workers):
+            _ops.transform_(x, dim, forward, scale, workers, False)
+            ctx.mark_dirty(x)
+            ctx.dim, ctx.forward, ctx.scale, ctx.workers = dim, forward, scale, workers
+            return x
+
+        @staticmethod
+        def backward(ctx, g):
+            return (_ops.transform(g, ctx.dim, not ctx.forward, ctx.scale, ctx.workers, True),
+                    None, None, None, None)
+
+    return InplaceTransform
+
+
+_InplaceTransform = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checking helpers
+# ---------------------------------------------------------------------------------------------
+def _result_dtype(dtype, name: str, inplace: bool):
+    if dtype in _FLOATS:
+        return dtype
+    allowed = "float32, float64, float16 or bfloat16"
+    if dtype.is_complex:
+        raise TypeError(f"{name} must be real ({allowed}, or integers); got complex dtype "
+                        f"{dtype}: rdfft works on real data")
+    if dtype == torch.bool:
+        raise TypeError(f"{name} must be a real floating-point ({allowed}) or integer tensor, "
+                        f"got dtype {dtype}")
+    if inplace:
+        raise TypeError(f"{name} must be {allowed} to be transformed in place, got {dtype}")
+    return torch.get_default_dtype()
+
+
+def _same_view(a, b) -> bool:
+    if a is b:
+        return True
+    return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+            and a.device == b.device and a.dtype == b.dtype and a.shape == b.shape
+            and a.stride() == b.stride() and a.data_ptr() == b.data_ptr())
+
+
+def _span(t):
+    """Byte interval ``[lo, hi)`` spanned by a tensor's elements."""
+    if t.numel() == 0:
+        return (0, 0)
+    lo = hi = 0
+    for size, stride in zip(t.shape, t.stride()):
+        if stride < 0:
+            lo += (size - 1) * stride
+        else:
+            hi += (size - 1) * stride
+    e = t.element_size()
+    base = t.data_ptr()
+    return base + lo * e, base + (hi + 1) * e
+
+
+def _overlap(a, b) -> bool:
+    if a.device != b.device or a.numel() == 0 or b.numel() == 0:
+        return False
+    (a0, a1), (b0, b1) = _span(a), _span(b)
+    return a0 < b1 and b0 < a1
+
+
+def _internal_overlap(t) -> bool:
+    """True when distinct indices of ``t`` may share memory (e.g. an expanded tensor)."""
+    dims = sorted((abs(s), n) for n, s in zip(t.shape, t.stride()) if n > 1)
+    reach = 0
+    for stride, size in dims:
+        if stride <= reach:
+            return True
+        reach += stride * (size - 1)
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend
+# ---------------------------------------------------------------------------------------------
+class TorchBackend(Backend):
+    """PyTorch tensors on any device, with autograd and ``torch.compile`` support."""
+
+    name = "torch"
+    family = "torch"
+
+    def load(self):
+        global torch, _InplaceTransform
+        try:
+            import torch as _torch
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise BackendUnavailable(f"torch is not installed ({exc})") from exc
+        torch = _torch
+        _register()
+        if _InplaceTransform is None:
+            _InplaceTransform = _make_inplace_function()
+        return self
+
+    # -- low level --------------------------------------------------------------------------
+    def execute(self, x, *, forward: bool, scale: float, workers: int) -> None:
+        """Transform the tensor ``x`` in place along its last axis (no autograd)."""
+        _kernel_last(x, forward, scale, workers)
+
+    # -- rdfft / irdfft ---------------------------------------------------------------------
+    def transform(self, x, *, axis=-1, norm=None, out=None, overwrite_x=False, workers=None,
+                  forward=True):
+        """``rdfft`` (``forward=True``) or ``irdfft`` of a tensor; see :func:`circfft.rdfft`."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        inplace = out is not None and _same_view(out, x)
+        dtype = _result_dtype(x.dtype, "x", inplace)
+        if x.ndim == 0:
+            raise ValueError("x must have at least one dimension, got a 0-d tensor")
+        axis = check_axis(axis, x.ndim)
+        norm = check_norm(norm)
+        workers = check_workers(workers)
+        scale = float(scale_for(norm, x.shape[axis], forward))
+        if inplace:
+            if _internal_overlap(x):
+                raise ValueError("x has elements sharing memory (an expanded tensor?), so "
+                                 "out=x cannot transform it in place")
+            return self._inplace(x, axis, forward, scale, workers)
+        if out is not None:
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+            if out.shape != x.shape:
+                raise ValueError(f"out has shape {tuple(out.shape)}, expected the input's "
+                                 f"shape {tuple(x.shape)}")
+            if out.dtype != dtype:
+                raise TypeError(f"out has dtype {out.dtype}, expected {dtype}")
+            if out.device != x.device:
+                raise ValueError(f"out is on {out.device} but x is on {x.device}")
+            if _internal_overlap(out):
+                raise ValueError("out has elements sharing memory (an expanded tensor?)")
+            if _overlap(out, x):
+                raise ValueError("out overlaps x partially; pass out=x for an in-place "
+                                 "transform or a separate tensor")
+            out.copy_(x)
+            return self._inplace(out, axis, forward, scale, workers)
+        if (overwrite_x and x.dtype == dtype and x.dtype in (torch.float32, torch.float64)
+                and not (torch.is_grad_enabled() and x.requires_grad)
+                and not _internal_overlap(x)):
+            return self._inplace(x, axis, forward, scale, workers)
+        if x.dtype != dtype:
+            x = x.to(dtype)
+        return _ops.transform(x, axis, forward, scale, workers, False)
+
+    @staticmethod
+    def _inplace(x, axis, forward, scale, workers):
+        if torch.is_grad_enabled() and (x.requires_grad or x.grad_fn is not None):
+            return _InplaceTransform.apply(x, axis, forward, scale, workers)
+        _ops.transform_(x, axis, forward, scale, workers, False)
+        return x
+
+    # -- spectral products ------------------------------------------------------------------
+    def spectral_mul(self, A, B, *, conj=False, out=None, axis=-1):
+        """Pair-wise product of packed spectra (torch version of :func:`circfft.spectral_mul`)."""
+        for name, t in (("A", A), ("B", B)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dtype not in _FLOATS:
+                raise TypeError(f"{name} must be a real floating-point tensor, got dtype "
+                                f"{t.dtype}")
+            if t.ndim == 0:
+                raise ValueError(f"{name} must have at least one dimension")
+        if A.dtype != B.dtype:
+            raise TypeError(f"A and B must have the same dtype, got {A.dtype} and {B.dtype}")
+        if A.device != B.device:
+            raise ValueError(f"A is on {A.device} but B is on {B.device}")
+        ndim = max(A.ndim, B.ndim)
+        axis = check_axis(axis, ndim)
+        Am = A.reshape((1,) * (ndim - A.ndim) + tuple(A.shape)).movedim(axis, -1)
+        Bm = B.reshape((1,) * (ndim - B.ndim) + tuple(B.shape)).movedim(axis, -1)
+        if Am.shape[-1] != Bm.shape[-1]:
+            raise ValueError(f"A and B must have the same length along axis {axis}, "
+                             f"got {Am.shape[-1]} and {Bm.shape[-1]}")
+        try:
+            shape = torch.broadcast_shapes(Am.shape, Bm.shape)
+        except RuntimeError:
+            raise ValueError(f"A and B do not broadcast: shapes {tuple(A.shape)} and "
+                             f"{tuple(B.shape)}") from None
+        n = shape[-1]
+        ni = (n - 1) // 2
+        ar, br = Am[..., 1: ni + 1], Bm[..., 1: ni + 1]
+        ai, bi = Am[..., n - ni:].flip(-1), Bm[..., n - ni:].flip(-1)
+        if conj:
+            zr, zi = ar * br + ai * bi, ar * bi - ai * br
+        else:
+            zr, zi = ar * br - ai * bi, ar * bi + ai * br
+        real = [0] + ([n // 2] if n % 2 == 0 and n > 1 else [])
+        zreal = Am[..., real] * Bm[..., real]
+        if out is None:
+            Z = torch.empty(shape, dtype=A.dtype, device=A.device)
+        else:
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+            if out.dtype != A.dtype:
+                raise TypeError(f"out has dtype {out.dtype}, expected {A.dtype}")
+            Z = out.movedim(axis, -1) if out.ndim == ndim else None
+            if Z is None or Z.shape != shape:
+                raise ValueError(f"out has shape {tuple(out.shape)}, expected the broadcast "
+                                 f"shape {tuple(torch.empty(shape, device='meta').movedim(-1, axis).shape)}")
+        Z[..., real] = zreal
+        Z[..., 1: ni + 1] = zr
+        if ni:
+            Z[..., n - ni:] = zi.flip(-1)
+        return Z.movedim(-1, axis) if out is None else out
+
+    # -- circulant operators (validated by circfft._circulant) -------------------------------
+    def block_circulant_matmul(self, w, x, *, transpose=False, pre=None, post=None):
+        """``post * C(w) (pre * x)`` (``C(w)^T`` with ``transpose``) on the last axis of ``x``."""
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
+        y, _ = _ops.block_circulant(x2, w, pre, post, bool(transpose))
+        return y.reshape(*lead, y.shape[-1])
+
+    def block_circulant_dense(self, w):
+        """Dense ``(m*b, n*b)`` matrix of the kernel ``w`` (m, n, b) by one index gather."""
+        m, n, b = w.shape
+        dev = w.device
+        r = torch.arange(b, device=dev)
+        idx = (r[:, None] - r[None, :]) % b
+        i = torch.arange(m, device=dev)[:, None, None, None]
+        j = torch.arange(n, device=dev)[None, None, :, None]
+        return w[i, j, idx[None, :, None, :]].reshape(m * b, n * b)
