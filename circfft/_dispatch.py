@@ -26,9 +26,10 @@ __all__ = ["BackendStatus", "available", "get_backend", "resolve", "set_backend"
 BUILTIN = {
     "numpy": "circfft.backends.numpy_backend:NumpyBackend",
     "numba": "circfft.backends.numba_backend:NumbaBackend",
+    "torch": "circfft.backends.torch_backend:TorchBackend",
 }
 #: Default preference per array family.
-DEFAULTS = {"numpy": ("numba", "numpy")}
+DEFAULTS = {"numpy": ("numba", "numpy"), "torch": ("torch",)}
 ENTRY_POINT_GROUP = "circfft.backends"
 
 _specs: dict[str, object] = dict(BUILTIN)
@@ -158,9 +159,9 @@ def set_backend(name: str):
     --------
     >>> import numpy as np, circfft
     >>> with circfft.set_backend("numpy"):
-    ...     X = circfft.rdfft(np.ones(4))
+    ...     X = circfft.rdfft(np.arange(4.0))
     >>> X
-    array([4., 0., 0., 0.])
+    array([ 6., -2., -2.,  2.])
     """
     get_backend(name)          # fail early, with the reason
     token = _current.set(_current.get() + (name,))

@@ -28,7 +28,9 @@ def _transform(x, axis, norm, out, overwrite_x, workers, backend, forward):
     if inplace:
         if not arr.flags.writeable:
             raise ValueError("x is read-only, so out=x cannot transform it in place")
-        result = arr
+        if not out.flags.writeable:
+            raise ValueError("out is read-only")
+        result = out        # x itself, or another view of exactly x's elements
     elif out is not None:
         check_out(out, arr, dtype)
         out[...] = arr
@@ -52,7 +54,7 @@ _PARAMS = """
         when a new array is returned).
     axis : int, optional
         Axis over which to compute the transform. Default is the last axis.
-    norm : {{None, "backward", "ortho", "forward"}}, optional
+    norm : {None, "backward", "ortho", "forward"}, optional
         Normalisation mode, as in `numpy.fft`: "backward" (default, same as None) leaves the
         forward transform unscaled and scales the inverse by ``1/n``; "ortho" scales both by
         ``1/sqrt(n)``; "forward" scales the forward transform by ``1/n``.

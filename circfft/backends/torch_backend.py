@@ -54,6 +54,8 @@ __all__ = ["TorchBackend", "set_cuda_kernel", "CHUNK_ELEMENTS"]
 #: Rows of ``x`` are processed in chunks of about this many elements (per side), so that the
 #: temporaries of the circulant operators never grow with the number of tokens.
 CHUNK_ELEMENTS = 1 << 18
+#: At most this many threads share the chunks of one circulant operator call.
+MAX_THREADS = 8
 
 torch = None            # the torch module, bound by TorchBackend.load()
 _ops = None             # torch.ops.circfft once registered
@@ -182,10 +184,63 @@ def _transform_backward(ctx, grad):
 
 
 # ---------------------------------------------------------------------------------------------
-# Block-circulant products in the slot layout
+# Block-circulant products
 # ---------------------------------------------------------------------------------------------
 def _compute_dtype(dtype):
     return torch.float32 if dtype in _HALF else dtype
+
+
+def _np(t):
+    """Zero-copy numpy view of a CPU float32/float64 tensor, else None."""
+    if (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+            and not _force_torch_fft):
+        return t.detach().numpy()
+    return None
+
+
+def _mul_into(dst, src, vec) -> None:
+    """``dst[...] = src * vec`` (a copy when ``vec`` is None).
+
+    On CPU this runs in numpy: the operands are chunk-sized and memory-bound, and a
+    round trip through torch's thread pool per call costs more than it saves.
+    """
+    d, s = _np(dst), _np(src)
+    v = None if vec is None else _np(vec)
+    if d is not None and s is not None and (vec is None or v is not None):
+        if v is None:
+            np.copyto(d, s)
+        else:
+            np.multiply(s, v, out=d)
+    elif vec is None:
+        dst.copy_(src)
+    else:
+        torch.mul(src, vec, out=dst)
+
+
+def _mul_(t, vec) -> None:
+    if vec is None:
+        return
+    a, v = _np(t), _np(vec)
+    if a is not None and v is not None:
+        a *= v
+    else:
+        t.mul_(vec)
+
+
+def _acc_rowdot(acc, a, b) -> None:
+    """``acc += sum over rows of a * b`` (``acc`` float64 for numpy-able operands)."""
+    an, bn = _np(a), _np(b)
+    if an is not None and bn is not None and acc.dtype == torch.float64:
+        acc.numpy()[...] += np.einsum("td,td->d", an, bn, dtype=np.float64)
+    else:
+        acc += (a.to(acc.dtype) * b.to(acc.dtype)).sum(0)
+
+
+def _packed_w(w, cd):
+    W = torch.empty(tuple(w.shape), dtype=cd, device=w.device)
+    W.copy_(w)
+    _kernel(W, 2, True, 1.0, 1, False)
+    return W
 
 
 def _wbig(w, cd):
@@ -196,10 +251,7 @@ def _wbig(w, cd):
     """
     m, n, b = w.shape
     S, ni = (b + 1) // 2, (b - 1) // 2
-    W = torch.empty((m, n, b), dtype=cd, device=w.device)
-    W.copy_(w)
-    _kernel(W, 2, True, 1.0, 1, False)
-    Wp = W.permute(2, 1, 0)                 # (b, n, m): Wp[k] = W[:, :, k]^T
+    Wp = _packed_w(w, cd).permute(2, 1, 0)    # (b, n, m): Wp[k] = W[:, :, k]^T
     big = torch.zeros((S, 2 * n, 2 * m), dtype=cd, device=w.device)
     big[0, :n, :m] = Wp[0]
     if b % 2 == 0 and b > 1:
@@ -216,7 +268,7 @@ def _wbig(w, cd):
 
 def _dw_from_products(P, m, n, b, cd):
     """Packed ``dW`` (m, n, b) from ``P[k] = A_k^T B_k`` (``A`` on the d_out side)."""
-    S, ni = (b + 1) // 2, (b - 1) // 2
+    ni = (b - 1) // 2
     dW = torch.zeros((m, n, b), dtype=cd, device=P.device)
     dW[:, :, 0] = P[0, :m, :n]
     if b % 2 == 0 and b > 1:
@@ -229,8 +281,9 @@ def _dw_from_products(P, m, n, b, cd):
     return dW
 
 
+# -- layout kernels: numpy reference versions and numba-compiled ones --------------------------
 def _slots_numpy(H, out):
-    """Packed rows ``H`` (t, nb, b) -> slots ``out`` (S, t, 2 nb) (numpy reference version)."""
+    """Packed rows ``H`` (t, nb, b) -> slots ``out`` (S, t, 2 nb)."""
     t, nb, b = H.shape
     ni = (b - 1) // 2
     out[0, :, :nb] = H[:, :, 0]
@@ -252,77 +305,149 @@ def _unslots_numpy(src, H):
         H[:, :, b - 1: b - ni - 1: -1] = src[1:, :, nb:].transpose(1, 2, 0)
 
 
-_slot_fns = None
+def _hc_mul_numpy(X, W, Y, conj):
+    """``Y = W * X`` (``conj(W) * X``) for packed rows ``X``, ``Y`` (t, b) and one ``W`` (b,)."""
+    b = X.shape[-1]
+    ni = (b - 1) // 2
+    sign = -1.0 if conj else 1.0
+    xr, xi = X[:, 1: ni + 1], X[:, b - 1: b - ni - 1: -1]
+    wr, wi = W[1: ni + 1], sign * W[b - 1: b - ni - 1: -1]
+    yr, yi = xr * wr - xi * wi, xr * wi + xi * wr
+    Y[:, 0] = X[:, 0] * W[0]
+    if b % 2 == 0 and b > 1:
+        Y[:, b // 2] = X[:, b // 2] * W[b // 2]
+    Y[:, 1: ni + 1] = yr
+    Y[:, b - 1: b - ni - 1: -1] = yi
 
 
-def _slot_kernels():
-    """(to_slots, from_slots) compiled with numba when available, else the numpy versions."""
-    global _slot_fns
-    if _slot_fns is not None:
-        return _slot_fns
+def _hc_conj_dot_numpy(A, B, acc):
+    """``acc += sum over rows of conj(A) * B`` in the packed layout (``acc`` float64 (b,))."""
+    b = A.shape[-1]
+    ni = (b - 1) // 2
+    A64, B64 = A.astype(np.float64), B.astype(np.float64)
+    acc[0] += A64[:, 0] @ B64[:, 0]
+    if b % 2 == 0 and b > 1:
+        acc[b // 2] += A64[:, b // 2] @ B64[:, b // 2]
+    if ni:
+        ar, ai = A64[:, 1: ni + 1], A64[:, b - 1: b - ni - 1: -1]
+        br, bi = B64[:, 1: ni + 1], B64[:, b - 1: b - ni - 1: -1]
+        acc[1: ni + 1] += (ar * br + ai * bi).sum(0)
+        acc[b - 1: b - ni - 1: -1] += (ar * bi - ai * br).sum(0)
+
+
+_layout_fns = None
+
+
+def _layout_kernels():
+    """(to_slots, from_slots, hc_mul, hc_conj_dot): numba-compiled when available."""
+    global _layout_fns
+    if _layout_fns is not None:
+        return _layout_fns
     try:
         from numba import njit
     except ImportError:  # pragma: no cover - depends on the environment
-        _slot_fns = (_slots_numpy, _unslots_numpy)
-        return _slot_fns
+        _layout_fns = (_slots_numpy, _unslots_numpy, _hc_mul_numpy, _hc_conj_dot_numpy)
+        return _layout_fns
     jit = njit(cache=True, nogil=True, boundscheck=False)
 
+    # Both layout maps are transposes; tiles of RB tokens x 16 frequencies keep the strided
+    # side in the L1 cache while the other side is written/read in contiguous runs.
     @jit
     def to_slots(H, out):
         t, nb, b = H.shape
         ni = (b - 1) // 2
         h = b // 2 if b % 2 == 0 and b > 1 else -1
-        for r in range(t):
-            for j in range(nb):
-                out[0, r, j] = H[r, j, 0]
-                out[0, r, nb + j] = H[r, j, h] if h > 0 else 0.0
-            for k in range(1, ni + 1):
+        RB = max(1, 256 // nb)
+        for r0 in range(0, t, RB):
+            r1 = min(t, r0 + RB)
+            for r in range(r0, r1):
                 for j in range(nb):
-                    out[k, r, j] = H[r, j, k]
-                    out[k, r, nb + j] = H[r, j, b - k]
+                    out[0, r, j] = H[r, j, 0]
+                    out[0, r, nb + j] = H[r, j, h] if h > 0 else 0.0
+            for k0 in range(1, ni + 1, 16):
+                for k in range(k0, min(ni + 1, k0 + 16)):
+                    for r in range(r0, r1):
+                        for j in range(nb):
+                            out[k, r, j] = H[r, j, k]
+                        for j in range(nb):
+                            out[k, r, nb + j] = H[r, j, b - k]
 
     @jit
     def from_slots(src, H):
         t, nb, b = H.shape
         ni = (b - 1) // 2
         h = b // 2 if b % 2 == 0 and b > 1 else -1
-        for r in range(t):
-            for j in range(nb):
-                H[r, j, 0] = src[0, r, j]
-                if h > 0:
-                    H[r, j, h] = src[0, r, nb + j]
-            for k in range(1, ni + 1):
+        RB = max(1, 256 // nb)
+        for r0 in range(0, t, RB):
+            r1 = min(t, r0 + RB)
+            for r in range(r0, r1):
                 for j in range(nb):
-                    H[r, j, k] = src[k, r, j]
-                    H[r, j, b - k] = src[k, r, nb + j]
+                    H[r, j, 0] = src[0, r, j]
+                    if h > 0:
+                        H[r, j, h] = src[0, r, nb + j]
+            for k0 in range(1, ni + 1, 16):
+                for k in range(k0, min(ni + 1, k0 + 16)):
+                    for r in range(r0, r1):
+                        for j in range(nb):
+                            H[r, j, k] = src[k, r, j]
+                        for j in range(nb):
+                            H[r, j, b - k] = src[k, r, nb + j]
 
-    _slot_fns = (to_slots, from_slots)
-    return _slot_fns
+    @jit
+    def hc_mul(X, W, Y, conj):
+        t, b = X.shape
+        ni = (b - 1) // 2
+        h = b // 2 if b % 2 == 0 and b > 1 else -1
+        sign = -1.0 if conj else 1.0
+        for r in range(t):
+            Y[r, 0] = X[r, 0] * W[0]
+            if h > 0:
+                Y[r, h] = X[r, h] * W[h]
+            for k in range(1, ni + 1):
+                wr = W[k]
+                wi = sign * W[b - k]
+                xr = X[r, k]
+                xi = X[r, b - k]
+                Y[r, k] = xr * wr - xi * wi
+                Y[r, b - k] = xr * wi + xi * wr
+
+    @jit
+    def hc_conj_dot(A, B, acc):
+        t, b = A.shape
+        ni = (b - 1) // 2
+        h = b // 2 if b % 2 == 0 and b > 1 else -1
+        for r in range(t):
+            acc[0] += np.float64(A[r, 0]) * B[r, 0]
+            if h > 0:
+                acc[h] += np.float64(A[r, h]) * B[r, h]
+            for k in range(1, ni + 1):
+                ar = np.float64(A[r, k])
+                ai = np.float64(A[r, b - k])
+                br = np.float64(B[r, k])
+                bi = np.float64(B[r, b - k])
+                acc[k] += ar * br + ai * bi
+                acc[b - k] += ar * bi - ai * br
+
+    _layout_fns = (to_slots, from_slots, hc_mul, hc_conj_dot)
+    return _layout_fns
 
 
-def _use_numpy_views(t) -> bool:
-    return t.device.type == "cpu" and not _force_torch_fft
+def _to_slots(buf, nb, b, sc):
+    """Packed spectra of the rows of ``buf`` (t, nb*b) into the slots ``sc`` (S, t, 2 nb).
 
-
-def _to_slots(src, nb, b, sc, scratch, workers):
-    """Packed spectra of the rows of ``src`` (t, nb*b), float compute dtype, into ``sc``.
-
-    ``sc`` is ``(S, t, 2 nb)`` (a slice of the saved ``spec`` or a chunk buffer); ``scratch`` a
-    ``(t, nb*b)`` buffer of the compute dtype that may be ``src`` itself.
+    ``buf`` (compute dtype, contiguous rows) is transformed in place and so destroyed.
     """
-    t = src.shape[0]
-    S, ni = (b + 1) // 2, (b - 1) // 2
-    even = b % 2 == 0 and b > 1
-    if _use_numpy_views(src):
-        if scratch is not src:
-            scratch.copy_(src)
-        H = scratch.detach().numpy().reshape(t, nb, b)
-        _cpu_backend().execute(H, forward=True, scale=1.0, workers=workers)
-        _slot_kernels()[0](H, sc.detach().numpy())
+    t = buf.shape[0]
+    H, out = _np(buf), _np(sc)
+    if H is not None and out is not None:
+        H = H.reshape(t, nb, b)
+        _cpu_backend().execute(H, forward=True, scale=1.0, workers=1)
+        _layout_kernels()[0](H, out)
         return
-    Y = torch.fft.rfft(src.reshape(t, nb, b), dim=-1)          # (t, nb, b//2+1)
+    ni = (b - 1) // 2
+    Y = torch.fft.rfft(buf.reshape(t, nb, b), dim=-1)          # (t, nb, b//2+1)
     sc[0, :, :nb] = Y[..., 0].real
-    if even:
+    if b % 2 == 0 and b > 1:
         sc[0, :, nb:] = Y[..., b // 2].real
     else:
         sc[0, :, nb:] = 0.0
@@ -332,24 +457,20 @@ def _to_slots(src, nb, b, sc, scratch, workers):
         sc[1:, :, nb:] = Yk.imag
 
 
-def _from_slots(sl, nb, b, dst, workers):
-    """Inverse of `_to_slots` with the ``1/b`` of irdfft: slots ``(S, t, 2 nb)`` -> ``dst``.
-
-    ``dst`` is a ``(t, nb*b)`` tensor of the compute dtype with contiguous rows.
-    """
+def _from_slots(sl, nb, b, dst):
+    """Inverse of `_to_slots` including irdfft's ``1/b``: slots ``sl`` -> rows of ``dst``."""
     t = dst.shape[0]
-    ni = (b - 1) // 2
-    even = b % 2 == 0 and b > 1
-    if _use_numpy_views(dst):
-        H = dst.detach().numpy().reshape(t, nb, b)
-        _slot_kernels()[1](sl.detach().numpy(), H)
-        _cpu_backend().execute(H, forward=False, scale=1.0 / b, workers=workers)
+    H, src = _np(dst), _np(sl)
+    if H is not None and src is not None:
+        H = H.reshape(t, nb, b)
+        _layout_kernels()[1](src, H)
+        _cpu_backend().execute(H, forward=False, scale=1.0 / b, workers=1)
         return
-    h = b // 2
-    Y = torch.zeros((t, nb, h + 1), dtype=torch.complex64 if dst.dtype == torch.float32
-                    else torch.complex128, device=dst.device)
+    ni, h = (b - 1) // 2, b // 2
+    ctype = torch.complex64 if dst.dtype == torch.float32 else torch.complex128
+    Y = torch.zeros((t, nb, h + 1), dtype=ctype, device=dst.device)
     Y[..., 0] = sl[0, :, :nb]
-    if even:
+    if b % 2 == 0 and b > 1:
         Y[..., h] = sl[0, :, nb:]
     if ni:
         Y[..., 1: ni + 1] = torch.complex(sl[1:, :, :nb], sl[1:, :, nb:]).permute(1, 2, 0)
@@ -357,162 +478,274 @@ def _from_slots(sl, nb, b, dst, workers):
 
 
 def _apply_slots(sl, M, out):
-    """``out = sl @ M`` per slot; tiny inner sizes use broadcasting instead of bmm."""
-    if M.shape[1] <= 2:
-        torch.mul(sl[:, :, 0:1], M[:, 0:1, :], out=out)
-        for j in range(1, M.shape[1]):
-            out.addcmul_(sl[:, :, j: j + 1], M[:, j: j + 1, :])
-    else:
-        torch.bmm(sl, M, out=out)
+    """``out = sl @ M`` per slot."""
+    torch.bmm(sl, M, out=out)
     return out
 
 
+def _hc_mul(X, W, Y, conj):
+    """Packed rows ``Y = W * X`` (or ``conj(W) * X``) with one spectrum ``W`` (b,)."""
+    xn, wn, yn = _np(X), _np(W), _np(Y)
+    if xn is not None and wn is not None and yn is not None:
+        _layout_kernels()[2](xn, wn, yn, conj)
+        return
+    b = X.shape[-1]
+    ni = (b - 1) // 2
+    xr, xi = X[:, 1: ni + 1], X[:, b - ni:].flip(-1)
+    wr, wi = W[1: ni + 1], W[b - ni:].flip(-1)
+    if conj:
+        wi = -wi
+    yr, yi = xr * wr - xi * wi, xr * wi + xi * wr
+    Y[:, 0] = X[:, 0] * W[0]
+    if b % 2 == 0 and b > 1:
+        Y[:, b // 2] = X[:, b // 2] * W[b // 2]
+    Y[:, 1: ni + 1] = yr
+    if ni:
+        Y[:, b - ni:] = yi.flip(-1)
+
+
+def _hc_conj_dot(A, B, acc):
+    """``acc += sum over rows of conj(A) * B`` (packed layout, ``acc`` (b,))."""
+    an, bn = _np(A), _np(B)
+    if an is not None and bn is not None and acc.dtype == torch.float64 and _np(acc) is not None:
+        _layout_kernels()[3](an, bn, acc.numpy())
+        return
+    b = A.shape[-1]
+    ni = (b - 1) // 2
+    A, B = A.to(acc.dtype), B.to(acc.dtype)
+    acc[0] += (A[:, 0] * B[:, 0]).sum()
+    if b % 2 == 0 and b > 1:
+        acc[b // 2] += (A[:, b // 2] * B[:, b // 2]).sum()
+    if ni:
+        ar, ai = A[:, 1: ni + 1], A[:, b - ni:].flip(-1)
+        br, bi = B[:, 1: ni + 1], B[:, b - ni:].flip(-1)
+        acc[1: ni + 1] += (ar * br + ai * bi).sum(0)
+        acc[b - ni:] += (ar * bi - ai * br).sum(0).flip(-1)
+
+
 def _chunk_rows(T, width):
-    return max(1, min(T, CHUNK_ELEMENTS // max(1, width)))
+    """Rows per chunk: about `CHUNK_ELEMENTS` elements, and at most 1/32 of the rows so that
+    the per-thread chunk buffers stay a small fraction of the input's size."""
+    return max(1, min(T, CHUNK_ELEMENTS // max(1, width), max(16, T // 32)))
 
 
-def _threads():
-    # One numba thread per call: the chunks are small, and numba's thread pool competing with
-    # torch's OpenMP threads costs far more than it gains (measured on 2 cores).
-    return 1
+def _run_chunks(T, tc, make_state, body):
+    """Call ``body(state, t0, t1)`` for every chunk of rows; return the per-thread states.
+
+    With ``torch.get_num_threads() > 1`` the chunks are shared among that many Python threads
+    (numba kernels, numpy copies and BLAS calls all release the GIL), each running torch
+    single-threaded for the duration: chunk-sized operations are too small for torch's
+    fork-join thread pool, whose barriers cost milliseconds on a busy machine.
+    """
+    starts = list(range(0, T, tc))
+    nthreads = min(torch.get_num_threads(), len(starts), MAX_THREADS)
+    if nthreads <= 1:
+        state = make_state()
+        for t0 in starts:
+            body(state, t0, min(T, t0 + tc))
+        return [state]
+    states = [make_state() for _ in range(nthreads)]
+
+    def run(i):
+        for t0 in starts[i::nthreads]:
+            body(states[i], t0, min(T, t0 + tc))
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(nthreads) as pool:
+            for f in [pool.submit(run, i) for i in range(nthreads)]:
+                f.result()
+    finally:
+        torch.set_num_threads(previous)
+    return states
+
+
+class _Geometry:
+    """Shapes of one block-circulant call: ``w`` (m, n, b), input/output block counts."""
+
+    def __init__(self, w, transpose, dtype, T):
+        self.m, self.n, self.b = (int(s) for s in w.shape)
+        self.nx, self.ny = (self.m, self.n) if transpose else (self.n, self.m)
+        self.S = (self.b + 1) // 2
+        # One block per side: the packed rows themselves are the layout (no slot transpose).
+        self.hc = self.m == 1 and self.n == 1
+        self.cd = _compute_dtype(dtype)
+        self.T = T
+        self.tc = _chunk_rows(T, max(self.nx, self.ny) * self.b)
+
+    def spec_shape(self):
+        return (self.T, self.b) if self.hc else (self.S, self.T, 2 * self.nx)
+
+    def buffer(self, device, *shape):
+        return torch.empty(shape, dtype=self.cd, device=device)
 
 
 def _bc_forward_impl(x, w, pre, post, transpose: bool):
-    m, n, b = w.shape
-    nx, ny = (m, n) if transpose else (n, m)
-    T = x.shape[0]
-    cd = _compute_dtype(x.dtype)
-    S = (b + 1) // 2
-    dev = x.device
-    spec = torch.empty((S, T, 2 * nx), dtype=cd, device=dev)
-    y = torch.empty((T, ny * b), dtype=x.dtype, device=dev)
-    if T == 0:
+    G = _Geometry(w, transpose, x.dtype, x.shape[0])
+    b, cd, dev, tc = G.b, G.cd, x.device, G.tc
+    spec = torch.empty(G.spec_shape(), dtype=cd, device=dev)
+    y = torch.empty((G.T, G.ny * b), dtype=x.dtype, device=dev)
+    if G.T == 0:
         return y, spec
-    big = _wbig(w, cd)
-    M = big.transpose(1, 2) if transpose else big
     pre_c = None if pre is None else pre.to(cd)
     post_c = None if post is None else post.to(cd)
-    tc = _chunk_rows(T, max(nx, ny) * b)
-    workers = _threads()
-    scratch = torch.empty((tc, nx * b), dtype=cd, device=dev)
-    ysl = torch.empty((S, tc, 2 * ny), dtype=cd, device=dev)
-    ybuf = None if y.dtype == cd else torch.empty((tc, ny * b), dtype=cd, device=dev)
-    for t0 in range(0, T, tc):
-        t1 = min(T, t0 + tc)
+    if G.hc:
+        Wp = _packed_w(w, cd).reshape(b)
+    else:
+        big = _wbig(w, cd)
+        M = big.transpose(1, 2) if transpose else big
+
+    def make_state():
+        return {
+            "ybuf": None if y.dtype == cd else G.buffer(dev, tc, G.ny * b),
+            "scratch": None if G.hc else G.buffer(dev, tc, G.nx * b),
+            "ysl": None if G.hc else G.buffer(dev, G.S, tc, 2 * G.ny),
+        }
+
+    def body(st, t0, t1):
         k = t1 - t0
-        xs = scratch[:k]
-        if pre_c is not None:
-            torch.mul(x[t0:t1], pre_c, out=xs)
+        dst = y[t0:t1] if st["ybuf"] is None else st["ybuf"][:k]
+        if G.hc:
+            sc = spec[t0:t1]
+            _mul_into(sc, x[t0:t1], pre_c)
+            _kernel_last(sc, True, 1.0, 1)
+            _hc_mul(sc, Wp, dst, transpose)
+            _kernel_last(dst, False, 1.0 / b, 1)
         else:
-            xs.copy_(x[t0:t1])
-        sc = spec[:, t0:t1]
-        _to_slots(xs, nx, b, sc, xs, workers)
-        ys = _apply_slots(sc, M, ysl[:, :k])
-        dst = y[t0:t1] if ybuf is None else ybuf[:k]
-        _from_slots(ys, ny, b, dst, workers)
-        if post_c is not None:
-            dst.mul_(post_c)
-        if ybuf is not None:
+            xs = st["scratch"][:k]
+            _mul_into(xs, x[t0:t1], pre_c)
+            sc = spec[:, t0:t1]
+            _to_slots(xs, G.nx, b, sc)
+            _from_slots(_apply_slots(sc, M, st["ysl"][:, :k]), G.ny, b, dst)
+        _mul_(dst, post_c)
+        if st["ybuf"] is not None:
             y[t0:t1].copy_(dst)
+
+    _run_chunks(G.T, tc, make_state, body)
     return y, spec
 
 
 def _bc_forward_fake(x, w, pre, post, transpose):
-    m, n, b = w.shape
-    nx, ny = (m, n) if transpose else (n, m)
-    T = x.shape[0]
-    cd = _compute_dtype(x.dtype)
-    spec = x.new_empty(((b + 1) // 2, T, 2 * nx), dtype=cd)
-    y = x.new_empty((T, ny * b))
-    return y, spec
+    G = _Geometry(w, transpose, x.dtype, x.shape[0])
+    return x.new_empty((G.T, G.ny * G.b)), x.new_empty(G.spec_shape(), dtype=G.cd)
 
 
 def _bc_backward_impl(gy, spec, w, x, pre, post, transpose: bool, need_x: bool,
                       need_w: bool, need_pre: bool, need_post: bool):
-    m, n, b = w.shape
-    nx, ny = (m, n) if transpose else (n, m)
-    T = gy.shape[0]
-    cd = _compute_dtype(gy.dtype)
-    S = (b + 1) // 2
-    dev = gy.device
-    big = _wbig(w, cd)
-    Mf = big.transpose(1, 2) if transpose else big        # x side -> y side
-    Mb = Mf.transpose(1, 2)                                 # y side -> x side
+    G = _Geometry(w, transpose, gy.dtype, gy.shape[0])
+    m, n, b, cd, dev = G.m, G.n, G.b, G.cd, gy.device
+    T, tc = G.T, G.tc
+    acc_dt = torch.float64
     pre_c = None if pre is None else pre.to(cd)
     post_c = None if post is None else post.to(cd)
-    dx = torch.empty((T, nx * b) if need_x else (0,), dtype=gy.dtype, device=dev)
-    P = torch.zeros((S, 2 * m, 2 * n) if need_w else (0,), dtype=cd, device=dev)
-    dpre = torch.zeros((nx * b,) if need_pre else (0,), dtype=cd, device=dev)
-    dpost = torch.zeros((ny * b,) if need_post else (0,), dtype=cd, device=dev)
-    if T > 0 and (need_x or need_w or need_pre or need_post):
-        tc = _chunk_rows(T, max(nx, ny) * b)
-        workers = _threads()
-        gbuf = torch.empty((tc, ny * b), dtype=cd, device=dev)
-        gsl = torch.empty((S, tc, 2 * ny), dtype=cd, device=dev)
-        usl = torch.empty((S, tc, 2 * nx), dtype=cd, device=dev)
-        need_u = need_x or need_pre
-        ubuf = None
-        if need_u and (not need_x or dx.dtype != cd):
-            ubuf = torch.empty((tc, nx * b), dtype=cd, device=dev)
-        ypbuf = torch.empty((tc, ny * b), dtype=cd, device=dev) if need_post else None
-        ypsl = torch.empty((S, tc, 2 * ny), dtype=cd, device=dev) if need_post else None
-        for t0 in range(0, T, tc):
-            t1 = min(T, t0 + tc)
-            k = t1 - t0
-            g = gbuf[:k]
-            if post_c is not None:
-                torch.mul(gy[t0:t1], post_c, out=g)
+    need_u = need_x or need_pre
+    dx = torch.empty((T, G.nx * b) if need_x else (0,), dtype=gy.dtype, device=dev)
+    if G.hc:
+        Wp = _packed_w(w, cd).reshape(b)
+        p_shape, p_dtype = (b,), acc_dt
+    else:
+        big = _wbig(w, cd)
+        Mf = big.transpose(1, 2) if transpose else big        # x side -> y side
+        Mb = Mf.transpose(1, 2)                                 # y side -> x side
+        p_shape, p_dtype = (G.S, 2 * m, 2 * n), cd
+
+    def make_state():
+        st = {
+            "P": torch.zeros(p_shape, dtype=p_dtype, device=dev) if need_w else None,
+            "dpre": torch.zeros(G.nx * b, dtype=acc_dt, device=dev) if need_pre else None,
+            "dpost": torch.zeros(G.ny * b, dtype=acc_dt, device=dev) if need_post else None,
+            "g": G.buffer(dev, tc, G.ny * b),
+            "u": (G.buffer(dev, tc, G.nx * b)
+                  if need_u and (not need_x or dx.dtype != cd) else None),
+            "yp": G.buffer(dev, tc, G.ny * b) if need_post else None,
+        }
+        if not G.hc:
+            st["gsl"] = G.buffer(dev, G.S, tc, 2 * G.ny)
+            st["usl"] = G.buffer(dev, G.S, tc, 2 * G.nx) if need_u else None
+            st["ypsl"] = G.buffer(dev, G.S, tc, 2 * G.ny) if need_post else None
+        return st
+
+    def body(st, t0, t1):
+        k = t1 - t0
+        gc = gy[t0:t1]
+        g = st["g"][:k]
+        _mul_into(g, gc, post_c)
+        sc = spec[t0:t1] if G.hc else spec[:, t0:t1]
+        if need_post:
+            # d post = sum_t gy * (C (pre x)): recompute C (pre x) from the saved spectrum
+            yp = st["yp"][:k]
+            if G.hc:
+                _hc_mul(sc, Wp, yp, transpose)
+                _kernel_last(yp, False, 1.0 / b, 1)
             else:
-                g.copy_(gy[t0:t1])
-            sc = spec[:, t0:t1]
-            if need_post:
-                # d post = sum_t gy * (C (pre x)): recompute C (pre x) from the saved spectrum
-                yp = ypbuf[:k]
-                _from_slots(_apply_slots(sc, Mf, ypsl[:, :k]), ny, b, yp, workers)
-                yp.mul_(gy[t0:t1])
-                dpost += yp.sum(0)
-            gs = gsl[:, :k]
-            _to_slots(g, ny, b, gs, g, workers)
+                _from_slots(_apply_slots(sc, Mf, st["ypsl"][:, :k]), G.ny, b, yp)
+            _acc_rowdot(st["dpost"], yp, gc)
+        du = None
+        if need_u:
+            du = st["u"][:k] if st["u"] is not None else dx[t0:t1]
+        if G.hc:
+            _kernel_last(g, True, 1.0, 1)
             if need_w:
                 # dW = sum_t A conj(B), A on the d_out side, B on the d_in side
                 if transpose:
-                    P.baddbmm_(sc.transpose(1, 2), gs)
+                    _hc_conj_dot(g, sc, st["P"])
                 else:
-                    P.baddbmm_(gs.transpose(1, 2), sc)
+                    _hc_conj_dot(sc, g, st["P"])
             if need_u:
-                us = _apply_slots(gs, Mb, usl[:, :k])
-                du = ubuf[:k] if ubuf is not None else dx[t0:t1]
-                _from_slots(us, nx, b, du, workers)
-                if need_pre:
-                    xin = x[t0:t1].to(cd)
-                    dpre += (xin * du).sum(0)
-                if need_x:
-                    if pre_c is not None:
-                        du.mul_(pre_c)
-                    if ubuf is not None:
-                        dx[t0:t1].copy_(du)
+                _hc_mul(g, Wp, du, not transpose)
+                _kernel_last(du, False, 1.0 / b, 1)
+        else:
+            gs = st["gsl"][:, :k]
+            _to_slots(g, G.ny, b, gs)
+            if need_w:
+                if transpose:
+                    st["P"].baddbmm_(sc.transpose(1, 2), gs)
+                else:
+                    st["P"].baddbmm_(gs.transpose(1, 2), sc)
+            if need_u:
+                _from_slots(_apply_slots(gs, Mb, st["usl"][:, :k]), G.nx, b, du)
+        if need_pre:
+            _acc_rowdot(st["dpre"], x[t0:t1], du)
+        if need_x:
+            _mul_(du, pre_c)
+            if st["u"] is not None:
+                dx[t0:t1].copy_(du)
+
+    if T > 0 and (need_u or need_w or need_post):
+        states = _run_chunks(T, tc, make_state, body)
+    else:
+        states = [make_state()]
+
+    def total(key):
+        parts = [st[key] for st in states]
+        return parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)
+
     if need_w:
-        dW = _dw_from_products(P, m, n, b, cd)
+        P = total("P")
+        dW = P.to(cd).reshape(1, 1, b) if G.hc else _dw_from_products(P, m, n, b, cd)
         _kernel(dW, 2, False, 1.0 / b, 1, False)
         dw = dW.to(w.dtype)
     else:
         dw = torch.empty((0,), dtype=w.dtype, device=dev)
-    dpre = dpre.to(gy.dtype) if pre is None else dpre.to(pre.dtype)
-    dpost = dpost.to(gy.dtype) if post is None else dpost.to(post.dtype)
+    pdt = gy.dtype if pre is None else pre.dtype
+    qdt = gy.dtype if post is None else post.dtype
+    dpre = total("dpre").to(pdt) if need_pre else torch.empty((0,), dtype=pdt, device=dev)
+    dpost = total("dpost").to(qdt) if need_post else torch.empty((0,), dtype=qdt, device=dev)
     return dx, dw, dpre, dpost
 
 
 def _bc_backward_fake(gy, spec, w, x, pre, post, transpose, need_x, need_w, need_pre,
                       need_post):
-    m, n, b = w.shape
-    nx, ny = (m, n) if transpose else (n, m)
-    T = gy.shape[0]
-    dx = gy.new_empty((T, nx * b) if need_x else (0,))
-    dw = w.new_empty((m, n, b) if need_w else (0,))
+    G = _Geometry(w, transpose, gy.dtype, gy.shape[0])
+    dx = gy.new_empty((G.T, G.nx * G.b) if need_x else (0,))
+    dw = w.new_empty((G.m, G.n, G.b) if need_w else (0,))
     pdt = gy.dtype if pre is None else pre.dtype
     qdt = gy.dtype if post is None else post.dtype
-    dpre = gy.new_empty((nx * b,) if need_pre else (0,), dtype=pdt)
-    dpost = gy.new_empty((ny * b,) if need_post else (0,), dtype=qdt)
+    dpre = gy.new_empty((G.nx * G.b,) if need_pre else (0,), dtype=pdt)
+    dpost = gy.new_empty((G.ny * G.b,) if need_post else (0,), dtype=qdt)
     return dx, dw, dpre, dpost
 
 
@@ -540,7 +773,6 @@ def _bc_backward(ctx, gy, gspec):
         need_post)
     return (dx if need_x else None, dw if need_w else None,
             dpre if need_pre else None, dpost if need_post else None, None)
-
 
 # ---------------------------------------------------------------------------------------------
 # Registration

@@ -1,0 +1,1 @@
+"""asv benchmarks for circfft (see ../asv.conf.json)."""

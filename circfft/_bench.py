@@ -1,0 +1,622 @@
+"""``python -m circfft bench``: circfft's transforms against the usual real FFTs.
+
+What is measured, for every method, direction, dtype, length ``n`` and worker count:
+
+* **time**: ``rows = elements // n`` rows of length ``n`` are transformed in one call.  Before
+  every call (warm-up and timed alike) the call's input buffer is refilled from a pristine copy,
+  untimed, so in-place methods never see their own output (no growth into Inf, no decay into
+  denormals) and every method starts from the same cache state.  The reported figure is the
+  median over ``--repeat`` timed calls, divided by ``rows * n``.
+* **extra peak memory**: measured once per case, after warm-up and apart from the timing: on
+  Linux the peak RSS of the process (``VmHWM``, reset through ``/proc/self/clear_refs``) minus
+  the RSS just before the call, after ``gc.collect()`` and ``malloc_trim(0)`` so that memory
+  reused from the allocator's free lists shows up.  This counts numba's allocations, which
+  ``tracemalloc`` cannot see; where ``/proc`` is unavailable ``tracemalloc`` is used instead and
+  the table says so.  The call's result is alive when the peak is read, so an out-of-place
+  method's output counts.
+
+Methods (``--methods``):
+
+=================  ====================================================================
+``circfft:numba``  ``circfft.rdfft(x, out=x, workers=w, backend="numba")`` / ``irdfft``
+``circfft:numpy``  the same with ``backend="numpy"``
+``scipy.fft``      ``scipy.fft.rfft(x, workers=w)`` / ``irfft(X, n, workers=w)`` (baseline)
+``numpy.fft``      ``numpy.fft.rfft(x)`` / ``irfft(X, n)`` (single-threaded)
+``scipy.fftpack``  ``scipy.fftpack.rfft(x, overwrite_x=True)`` / ``irfft`` (single-threaded)
+``torch.fft``      ``torch.fft.rfft(t)`` / ``irfft(T, n)``, ``torch.set_num_threads(w)``
+=================  ====================================================================
+"""
+from __future__ import annotations
+
+import gc
+import importlib.util
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+__all__ = ["add_arguments", "run", "METHODS", "PeakMemory", "format_table"]
+
+#: Method names in table order; the first available of BASELINES is the ratio's denominator.
+METHODS = ("circfft:numba", "circfft:numpy", "scipy.fft", "numpy.fft", "scipy.fftpack",
+           "torch.fft")
+BASELINES = ("scipy.fft", "numpy.fft")
+DIRECTIONS = {"rdfft": "forward", "irdfft": "inverse"}
+
+FULL = dict(sizes=[4 ** k for k in range(3, 9)], elements=1 << 22, repeat=7, warmup=2,
+            dtype=["float32", "float64"], workers=None)
+QUICK = dict(sizes=[256, 4096, 65536], elements=1 << 20, repeat=3, warmup=1,
+             dtype=["float32"], workers=None)
+
+
+def _default_workers() -> list[int]:
+    return sorted({1, os.cpu_count() or 1})
+
+
+def add_arguments(p) -> None:
+    """Add ``bench``'s options to the argparse (sub)parser ``p``."""
+    p.add_argument("--sizes", type=int, nargs="+", metavar="N",
+                   help="row lengths n (full run: 64 256 1024 4096 16384 65536; "
+                        "--quick: 256 4096 65536)")
+    p.add_argument("--elements", type=int, metavar="E",
+                   help="elements per call; rows = E // n (full run: 2**22; --quick: 2**20)")
+    p.add_argument("--dtype", nargs="+", choices=["float32", "float64"],
+                   help="dtypes (full run: float32 float64; --quick: float32)")
+    p.add_argument("--workers", type=int, nargs="+", metavar="W",
+                   help="worker counts; each method uses w threads where it can "
+                        f"(default: 1 and os.cpu_count(), here {_default_workers()})")
+    p.add_argument("--repeat", type=int, metavar="R",
+                   help="timed calls per case; the median is reported (full run: 7; --quick: 3)")
+    p.add_argument("--warmup", type=int, metavar="K",
+                   help="untimed calls before timing (full run: 2; --quick: 1)")
+    p.add_argument("--methods", nargs="+", choices=METHODS, metavar="M",
+                   help=f"methods to run, from {', '.join(METHODS)} (default: all installed)")
+    p.add_argument("--directions", nargs="+", choices=list(DIRECTIONS),
+                   default=list(DIRECTIONS), help="transform directions (default: both)")
+    p.add_argument("--quick", action="store_true",
+                   help="short run (fewer sizes, elements and repeats; float32); explicit "
+                        "options still win")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="draw time per element and extra memory against n (matplotlib)")
+    p.add_argument("--json", metavar="FILE", help="save the raw results as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--ops", action="store_true",
+                   help="run the operator benchmarks of circfft._bench_ops instead "
+                        "(unrecognised options are passed to it as args.extra_argv)")
+
+
+# --------------------------------------------------------------------------------------------
+# Peak memory
+
+
+class PeakMemory:
+    """Extra peak memory of one call: peak RSS on Linux, ``tracemalloc`` elsewhere."""
+
+    def __init__(self, force_tracemalloc: bool = False):
+        self._trim = None
+        self.kind = "tracemalloc"
+        if not force_tracemalloc and self._rss_works():
+            self.kind = "rss"
+            try:
+                import ctypes
+
+                libc = ctypes.CDLL("libc.so.6")
+                self._trim = libc.malloc_trim
+            except (OSError, AttributeError):
+                self._trim = None
+
+    @property
+    def description(self) -> str:
+        if self.kind == "rss":
+            trim = " and malloc_trim(0)" if self._trim else ""
+            return ("peak RSS: VmHWM after resetting it via /proc/self/clear_refs, minus VmRSS "
+                    f"before the call (after gc.collect(){trim}); counts numba's allocations")
+        return ("tracemalloc peak during the call (Python/numpy allocations only; numba's "
+                "and torch's allocations are invisible to it)")
+
+    @staticmethod
+    def _status_kib(field: str) -> int:
+        with open("/proc/self/status") as f:
+            for row in f:
+                if row.startswith(field + ":"):
+                    return int(row.split()[1])
+        raise KeyError(field)
+
+    @classmethod
+    def _rss_works(cls) -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            cls._status_kib("VmHWM")
+            cls._status_kib("VmRSS")
+            return True
+        except (OSError, KeyError, ValueError):
+            return False
+
+    def measure(self, fn, prepare=None) -> int:
+        """Bytes allocated at the peak of ``fn()`` beyond what was resident before it."""
+        if prepare is not None:
+            prepare()
+        gc.collect()
+        if self.kind == "rss":
+            if self._trim is not None:
+                self._trim(0)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            before = self._status_kib("VmRSS")
+            result = fn()
+            peak = self._status_kib("VmHWM")
+            del result
+            return max(0, peak - before) * 1024
+        import tracemalloc
+
+        started = not tracemalloc.is_tracing()
+        if started:
+            tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            result = fn()
+            peak = tracemalloc.get_traced_memory()[1]
+            del result
+        finally:
+            if started:
+                tracemalloc.stop()
+        return max(0, peak - before)
+
+
+# --------------------------------------------------------------------------------------------
+# Methods
+
+
+def method_available(name: str) -> str | None:
+    """None if ``name`` can run here, else the reason it cannot."""
+    if name.startswith("circfft:"):
+        from .backends import get_backend
+
+        try:
+            get_backend(name.partition(":")[2])    # loads only this backend
+        except ValueError as exc:
+            return str(exc)
+        return None
+    module = name.partition(".")[0]
+    if importlib.util.find_spec(module) is None:
+        return f"{module} is not installed"
+    return None
+
+
+@dataclass
+class Case:
+    """Buffers and the call for one (method, direction, dtype, n, rows, workers)."""
+
+    src: object                   # pristine input (numpy array)
+    work: object                  # the buffer the call reads (numpy array)
+    call: object                  # zero-argument callable doing one transform
+    setup: object = None          # called before timing (e.g. torch.set_num_threads)
+
+    def refill(self):
+        import numpy as np
+
+        np.copyto(self.work, self.src)
+
+
+class Sources:
+    """Pristine inputs, shared by all methods for the current (dtype, n, rows); one set kept."""
+
+    def __init__(self):
+        self._key, self._data = None, {}
+
+    def get(self, dtype: str, n: int, rows: int, kind: str):
+        """``kind="real"``: standard normal rows; ``"complex"``: their half spectra."""
+        import numpy as np
+
+        if self._key != (dtype, n, rows):
+            self._key, self._data = (dtype, n, rows), {}
+        if "real" not in self._data:
+            rng = np.random.default_rng(n)
+            self._data["real"] = rng.standard_normal((rows, n)).astype(dtype)
+        if kind == "complex" and kind not in self._data:
+            cdtype = np.result_type(dtype, np.complex64)
+            self._data[kind] = np.fft.rfft(self._data["real"]).astype(cdtype)
+        return self._data[kind]
+
+
+def make_case(method: str, direction: str, dtype: str, n: int, rows: int, workers: int,
+              sources: Sources | None = None) -> Case:
+    import numpy as np
+
+    sources = sources or Sources()
+    real = sources.get(dtype, n, rows, "real")
+    forward = direction == "forward"
+
+    if method.startswith("circfft:"):
+        import circfft
+
+        backend = method.partition(":")[2]
+        fn = circfft.rdfft if forward else circfft.irdfft
+        work = real.copy()             # real input; for irdfft any real array is a packed spectrum
+        return Case(real, work, lambda: fn(work, out=work, workers=workers, backend=backend))
+
+    if method == "scipy.fftpack":
+        import scipy.fftpack as fftpack
+
+        fn = fftpack.rfft if forward else fftpack.irfft
+        work = real.copy()
+        return Case(real, work, lambda: fn(work, overwrite_x=True))
+
+    # Out-of-place peers: the inverse reads a complex half spectrum.
+    src = real if forward else sources.get(dtype, n, rows, "complex")
+    work = src.copy()
+    if method == "scipy.fft":
+        import scipy.fft
+
+        if forward:
+            return Case(src, work, lambda: scipy.fft.rfft(work, workers=workers))
+        return Case(src, work, lambda: scipy.fft.irfft(work, n, workers=workers))
+    if method == "numpy.fft":
+        if forward:
+            return Case(src, work, lambda: np.fft.rfft(work))
+        return Case(src, work, lambda: np.fft.irfft(work, n))
+    if method == "torch.fft":
+        import torch
+
+        t = torch.from_numpy(work)     # shares memory with work, so refill() feeds it
+        setup = lambda: torch.set_num_threads(workers)  # noqa: E731
+        if forward:
+            return Case(src, work, lambda: torch.fft.rfft(t), setup)
+        return Case(src, work, lambda: torch.fft.irfft(t, n), setup)
+    raise ValueError(f"unknown method {method!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class Result:
+    method: str
+    direction: str
+    dtype: str
+    n: int
+    rows: int
+    workers: int
+    times_s: list = field(default_factory=list)
+    median_s: float = math.nan
+    ns_per_element: float = math.nan
+    extra_bytes: int = -1
+    extra_per_x: float = math.nan
+    ratio: float = math.nan
+    error: str = ""
+
+
+def measure(method, direction, dtype, n, rows, workers, *, repeat, warmup, memory,
+            sources=None) -> Result:
+    import numpy as np
+
+    res = Result(method, direction, dtype, n, rows, workers)
+    case = make_case(method, direction, dtype, n, rows, workers, sources)
+    if case.setup is not None:
+        case.setup()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(warmup + repeat):
+            case.refill()
+            t0 = time.perf_counter()
+            out = case.call()
+            t1 = time.perf_counter()
+            del out
+            if i >= warmup:
+                res.times_s.append(t1 - t0)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    res.median_s = statistics.median(res.times_s)
+    res.ns_per_element = res.median_s / (rows * n) * 1e9
+    res.extra_bytes = memory.measure(case.call, prepare=case.refill)
+    res.extra_per_x = res.extra_bytes / (rows * n * np.dtype(dtype).itemsize)
+    return res
+
+
+def _progress(total, disable):
+    """A tqdm bar on stderr, or a stand-in with the same methods when tqdm is missing."""
+    if not disable:
+        try:
+            from tqdm import tqdm
+
+            return tqdm(total=total, file=sys.stderr, unit="case", dynamic_ncols=True,
+                        leave=False)
+        except ImportError:
+            pass
+
+    class _NoBar:
+        def update(self, k=1):
+            pass
+
+        def set_description_str(self, s, refresh=True):
+            pass
+
+        def close(self):
+            pass
+
+    return _NoBar()
+
+
+def _settings(args) -> dict:
+    profile = QUICK if args.quick else FULL
+    s = {}
+    for key in ("sizes", "elements", "repeat", "warmup", "dtype", "workers"):
+        value = getattr(args, key, None)
+        s[key] = profile[key] if value is None else value
+    if s["workers"] is None:
+        s["workers"] = _default_workers()
+    for key in ("sizes", "workers"):
+        bad = [v for v in s[key] if v < 1]
+        if bad:
+            raise SystemExit(f"bench: --{key} must be positive, got {bad}")
+    if s["elements"] < 1 or s["repeat"] < 1 or s["warmup"] < 0:
+        raise SystemExit("bench: --elements and --repeat must be positive, --warmup >= 0")
+    s["directions"] = [DIRECTIONS[d] for d in args.directions]
+    return s
+
+
+def run(args) -> int:
+    """Run the benchmark described by the parsed ``args``; print the tables; return status."""
+    s = _settings(args)
+    requested = list(args.methods) if args.methods else list(METHODS)
+    methods, skipped = [], {}
+    for m in requested:
+        reason = method_available(m)
+        if reason is None:
+            methods.append(m)
+        else:
+            skipped[m] = reason
+    if not methods:
+        print("bench: no method can run here: "
+              + "; ".join(f"{m}: {r}" for m, r in skipped.items()), file=sys.stderr)
+        return 1
+    baseline = next((b for b in BASELINES if b in methods), methods[0])
+    memory = PeakMemory()
+    meta = _meta(args, s, baseline, memory, skipped)
+    for line in meta["header"]:
+        print(line)
+    sys.stdout.flush()
+
+    plan = [(dt, w, n, m, d) for dt in s["dtype"] for n in s["sizes"] for w in s["workers"]
+            for m in methods for d in s["directions"]]
+    sources = Sources()
+    results = []
+    bar = _progress(len(plan), args.no_progress)
+    try:
+        for dt, w, n, m, d in plan:
+            rows = max(1, s["elements"] // n)
+            bar.set_description_str(f"{m} {d} {dt} n={n} w={w}")
+            try:
+                r = measure(m, d, dt, n, rows, w, repeat=s["repeat"], warmup=s["warmup"],
+                            memory=memory, sources=sources)
+            except Exception as exc:   # keep going; reported below and in the exit status
+                r = Result(m, d, dt, n, rows, w, error=f"{type(exc).__name__}: {exc}")
+            results.append(r)
+            bar.update(1)
+    finally:
+        bar.close()
+
+    base = {(r.direction, r.dtype, r.n, r.workers): r.median_s
+            for r in results if r.method == baseline and not r.error}
+    for r in results:
+        b = base.get((r.direction, r.dtype, r.n, r.workers))
+        if b and not r.error:
+            r.ratio = r.median_s / b
+
+    print(format_table(results, s, baseline))
+    print()
+    print(format_ratio_table(results, s, baseline, methods))
+    print()
+    for line in _footer(meta, results):
+        print(line)
+
+    if args.json:
+        doc = {k: v for k, v in meta.items() if k != "header"}
+        doc["results"] = [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                           for k, v in asdict(r).items()} for r in results]
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1, allow_nan=False)
+        print(f"# raw results written to {args.json}")
+    if args.plot:
+        plot(results, s, methods, args.plot, title=args.command_line)
+        print(f"# plot written to {args.plot}")
+    sys.stdout.flush()
+    return 1 if any(r.error for r in results) else 0
+
+
+def _meta(args, s, baseline, memory, skipped) -> dict:
+    import numpy as np
+
+    from . import __version__
+    from ._cli import _dist_version
+
+    versions = {"circfft": __version__, "python": platform.python_version(),
+                "numpy": np.__version__}
+    for dist in ("scipy", "numba", "torch"):
+        v = _dist_version(dist)
+        if v:
+            versions[dist] = v
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith(("NUMBA_", "OMP_", "MKL_", "OPENBLAS_"))}
+    header = [
+        "# " + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + f"; {sys.executable}",
+        f"# {platform.platform()}; os.cpu_count() = {os.cpu_count()}{_loadavg()}"
+        + (f"; env: {' '.join(f'{k}={v}' for k, v in env.items())}" if env else ""),
+        f"# {s['elements']} elements per call (rows = elements // n); median of {s['repeat']} "
+        f"calls after {s['warmup']} warm-up; ratio = time / {baseline} time (same direction, "
+        "dtype, n, workers)",
+    ]
+    return {"command": args.command_line, "argv": getattr(args, "argv", None),
+            "versions": versions, "env": env, "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "settings": s, "baseline": baseline,
+            "memory_method": memory.description, "memory_kind": memory.kind,
+            "skipped": skipped, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "header": header}
+
+
+def _loadavg() -> str:
+    """'; load average 1.23' (other work on the machine skews timings), or ''."""
+    try:
+        return f"; load average {os.getloadavg()[0]:.2f}"
+    except (AttributeError, OSError):
+        return ""
+
+
+def _footer(meta, results) -> list[str]:
+    lines = [
+        f"# finished {time.strftime('%Y-%m-%d %H:%M:%S')}{_loadavg()}",
+        "# time: median wall time per call / (rows * n), in ns per element; in-place methods "
+        "(circfft, scipy.fftpack with overwrite_x) get their input refilled, untimed, "
+        "before every call, and so do the others.",
+        f"# extra memory ({meta['memory_kind']}): {meta['memory_method']}. "
+        "'/x' is that divided by the size of the real input x.",
+        "# numpy.fft and scipy.fftpack have no workers argument (single-threaded); "
+        "torch.fft runs under torch.set_num_threads(w).",
+    ]
+    for m, reason in meta["skipped"].items():
+        lines.append(f"# skipped {m}: {reason}")
+    for r in results:
+        if r.error:
+            lines.append(f"# FAILED {r.method} {r.direction} {r.dtype} n={r.n} "
+                         f"w={r.workers}: {r.error}")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Tables and plot
+
+
+def format_table(results, s, baseline) -> str:
+    """Main table: one row per (dtype, workers, n, method), rdfft and irdfft side by side."""
+    dirs = s["directions"]
+    label = {"forward": "rdfft", "inverse": "irdfft"}
+    headers = ["dtype", "w", "n", "rows", "method"]
+    for d in dirs:
+        headers += [f"{label[d]} ns/el", f"/{baseline}", "MiB extra", "/x"]
+    by_key = {(r.dtype, r.workers, r.n, r.method, r.direction): r for r in results}
+    rows = []
+    order = {k: {v: i for i, v in enumerate(s[k])} for k in ("dtype", "workers", "sizes")}
+    method_order = {m: i for i, m in enumerate(METHODS)}
+    seen = sorted({(r.dtype, r.workers, r.n, r.method) for r in results},
+                  key=lambda k: (order["dtype"].get(k[0], 0), order["workers"].get(k[1], 0),
+                                 order["sizes"].get(k[2], 0), method_order.get(k[3], 99)))
+    previous_group = None
+    for dt, w, n, m in seen:
+        group = (dt, w)
+        if previous_group is not None and group != previous_group:
+            rows.append(None)
+        previous_group = group
+        any_r = next(by_key[(dt, w, n, m, d)] for d in dirs if (dt, w, n, m, d) in by_key)
+        row = [dt, str(w), str(n), str(any_r.rows), m]
+        for d in dirs:
+            r = by_key.get((dt, w, n, m, d))
+            if r is None or r.error:
+                row += ["FAILED" if r is not None else "-", "", "", ""]
+                continue
+            row += [f"{r.ns_per_element:.3f}",
+                    f"{r.ratio:.2f}" if not math.isnan(r.ratio) else "-",
+                    f"{r.extra_bytes / 2**20:.1f}",
+                    f"{r.extra_per_x:.2f}"]
+        rows.append(row)
+    return _render(headers, rows, left={0, 4})
+
+
+def format_ratio_table(results, s, baseline, methods) -> str:
+    """Ratio of each method's time to the baseline's: rows (dtype, w, method, dir), columns n."""
+    label = {"forward": "rdfft", "inverse": "irdfft"}
+    sizes = s["sizes"]
+    headers = ["dtype", "w", "method", "dir"] + [f"n={n}" for n in sizes]
+    by_key = {(r.dtype, r.workers, r.method, r.direction, r.n): r for r in results}
+    rows = []
+    first = True
+    for dt in s["dtype"]:
+        for w in s["workers"]:
+            if not first:
+                rows.append(None)
+            first = False
+            for m in methods:
+                if m == baseline:
+                    continue
+                for d in s["directions"]:
+                    row = [dt, str(w), m, label[d]]
+                    for n in sizes:
+                        r = by_key.get((dt, w, m, d, n))
+                        ok = r is not None and not r.error and not math.isnan(r.ratio)
+                        row.append(f"{r.ratio:.2f}" if ok else "-")
+                    rows.append(row)
+    title = f"time / {baseline} time (below 1.00: faster than {baseline})"
+    return title + "\n" + _render(headers, rows, left={0, 2, 3})
+
+
+def _render(headers, rows, left=()) -> str:
+    """Plain-text table with aligned columns; ``None`` in ``rows`` is a blank separator line."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        if row is not None:
+            widths = [max(wd, len(c)) for wd, c in zip(widths, row)]
+
+    def fmt(cells):
+        return "  ".join(c.ljust(wd) if i in left else c.rjust(wd)
+                         for i, (c, wd) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [fmt(headers), fmt(["-" * wd for wd in widths])]
+    out += ["" if row is None else fmt(row) for row in rows]
+    return "\n".join(out)
+
+
+def plot(results, s, methods, path, title="") -> None:
+    """Time per element and extra memory against n: one panel row per (dtype, workers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    combos = [(dt, w) for dt in s["dtype"] for w in s["workers"]]
+    dirs = s["directions"]
+    label = {"forward": "rdfft", "inverse": "irdfft"}
+    ncols = 2 * len(dirs)
+    fig, axes = plt.subplots(len(combos), ncols, figsize=(4.2 * ncols, 3.2 * len(combos)),
+                             squeeze=False, sharex=True)
+    colors = {m: f"C{i}" for i, m in enumerate(METHODS)}
+    for i, (dt, w) in enumerate(combos):
+        for j, d in enumerate(dirs):
+            ax_t, ax_m = axes[i, j], axes[i, len(dirs) + j]
+            for m in methods:
+                pts = sorted((r.n, r.ns_per_element, r.extra_bytes / 2**20) for r in results
+                             if (r.method, r.direction, r.dtype, r.workers) == (m, d, dt, w)
+                             and not r.error)
+                if not pts:
+                    continue
+                ns, t, mem = zip(*pts)
+                style = dict(color=colors.get(m), marker="o", markersize=3,
+                             linewidth=2 if m.startswith("circfft") else 1.2, label=m)
+                ax_t.plot(ns, t, **style)
+                ax_m.plot(ns, mem, **style)
+            ax_t.set_title(f"{label[d]} time, {dt}, {w} worker(s)", fontsize=9)
+            ax_m.set_title(f"{label[d]} extra peak memory, {dt}, {w} worker(s)", fontsize=9)
+            ax_t.set_ylabel("ns per element")
+            ax_m.set_ylabel("MiB")
+            ax_t.set_yscale("log")
+            for ax in (ax_t, ax_m):
+                ax.set_xscale("log", base=2)
+                ax.grid(True, which="both", alpha=0.3)
+                if i == len(combos) - 1:
+                    ax.set_xlabel("n")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=9,
+               frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=8, y=0.005, va="bottom")
+    fig.tight_layout(rect=(0, 0.02, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

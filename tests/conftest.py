@@ -1,0 +1,126 @@
+"""Shared pytest configuration for the circfft test suite.
+
+- ``tests/`` is put on ``sys.path`` so every test module can ``from oracles import ...``.
+- Fixtures: ``backend`` (parametrised over the CPU backends "numpy" and "numba"), ``dtype``
+  (float32, float64), ``rng`` (a seeded ``numpy.random.Generator``).
+- Markers (declared in pyproject.toml): ``slow``; ``gpu`` tests are skipped unless a CUDA
+  device is visible; ``cuda_compile`` tests are skipped unless ``nvcc`` is found.
+- Hypothesis profiles: "default" (no deadline: numba's first call compiles) and "ci"/"thorough"
+  selected with ``HYPOTHESIS_PROFILE``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import zlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile(
+        "default", deadline=None, max_examples=60,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                               HealthCheck.function_scoped_fixture])
+    settings.register_profile(
+        "thorough", deadline=None, max_examples=500,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                               HealthCheck.function_scoped_fixture])
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+except ImportError:  # pragma: no cover - hypothesis is a test dependency
+    pass
+
+CPU_BACKENDS = ("numpy", "numba")
+FLOAT_DTYPES = (np.float32, np.float64)
+
+
+def _numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(params=CPU_BACKENDS)
+def backend(request) -> str:
+    """Name of a CPU backend ("numpy" or "numba"); numba is skipped when not installed."""
+    if request.param == "numba" and not _numba_available():
+        pytest.skip("numba is not installed")
+    return request.param
+
+
+@pytest.fixture(params=FLOAT_DTYPES, ids=lambda d: np.dtype(d).name)
+def dtype(request):
+    return np.dtype(request.param)
+
+
+@pytest.fixture
+def rng(request) -> np.random.Generator:
+    """A Generator seeded from the test's node id: reproducible and different per test."""
+    seed = zlib.crc32(request.node.nodeid.encode())
+    return np.random.default_rng(seed)
+
+
+@functools.lru_cache(maxsize=1)
+def _cuda_device_reason() -> str | None:
+    """None when a CUDA device is usable, else why not (checked lazily, once)."""
+    if os.environ.get("CIRCFFT_NO_GPU"):
+        return "CIRCFFT_NO_GPU is set"
+    if "torch" in sys.modules or _importable("torch"):
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                return None
+        except Exception as exc:  # pragma: no cover - environment dependent
+            return f"torch cannot use CUDA: {exc}"
+    if _importable("cupy"):
+        try:
+            import cupy
+
+            if cupy.cuda.runtime.getDeviceCount() > 0:
+                return None
+        except Exception as exc:  # pragma: no cover - environment dependent
+            return f"cupy cannot use CUDA: {exc}"
+    return "no CUDA device visible (neither torch nor cupy reports one)"
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def _nvcc() -> str | None:
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root and (Path(root) / "bin" / "nvcc").exists():
+            return str(Path(root) / "bin" / "nvcc")
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_items:
+        reason = _cuda_device_reason()
+        if reason is not None:
+            skip = pytest.mark.skip(reason=reason)
+            for item in gpu_items:
+                item.add_marker(skip)
+    nvcc_items = [item for item in items if item.get_closest_marker("cuda_compile")]
+    if nvcc_items and _nvcc() is None:
+        skip = pytest.mark.skip(reason="nvcc not found (PATH, CUDA_HOME, /usr/local/cuda)")
+        for item in nvcc_items:
+            item.add_marker(skip)

@@ -1,0 +1,133 @@
+"""The asv suite cannot rot: its configuration parses, every benchmark module imports, and
+every benchmark runs setup + one call on its smallest parameters (no asv machinery needed).
+
+Numeric parameter axes are reduced to their smallest value; the other axes (method, dtype,
+direction) are covered completely.  ``$CIRCFFT_ASV_ELEMENTS`` is set small before the modules
+are imported so each call is quick.  A setup raising ``NotImplementedError`` (asv: skipped,
+e.g. torch not installed) is a pytest skip.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import itertools
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ASV_DIR = Path(__file__).resolve().parents[1] / "asv_benchmarks"
+BENCH_DIR = ASV_DIR / "benchmarks"
+PREFIXES = ("time_", "peakmem_", "mem_", "track_", "timeraw_")
+
+
+def _load_conf() -> dict:
+    # asv.conf.json allows // comments (asv strips them); drop whole-line comments here.
+    text = (ASV_DIR / "asv.conf.json").read_text()
+    return json.loads("\n".join(line for line in text.splitlines()
+                                if not line.lstrip().startswith("//")))
+
+
+def _import_modules():
+    if str(ASV_DIR) not in sys.path:
+        sys.path.insert(0, str(ASV_DIR))
+    saved = os.environ.get("CIRCFFT_ASV_ELEMENTS")
+    os.environ["CIRCFFT_ASV_ELEMENTS"] = saved or "4096"     # read at import time
+    try:
+        return [importlib.import_module(f"benchmarks.{path.stem}")
+                for path in sorted(BENCH_DIR.glob("*.py")) if path.name != "__init__.py"]
+    finally:
+        if saved is None:
+            del os.environ["CIRCFFT_ASV_ELEMENTS"]
+
+
+def _smallest(values):
+    if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return [min(values)]
+    return list(values)
+
+
+def _cases():
+    """(id, owner, method name, params) for every benchmark, smallest numeric parameters."""
+    cases = []
+    for module in _import_modules():
+        owners = [(module.__name__.partition(".")[2], module)]
+        owners += [(f"{module.__name__.partition('.')[2]}.{name}", cls)
+                   for name, cls in inspect.getmembers(module, inspect.isclass)
+                   if cls.__module__ == module.__name__ and not name.startswith("_")]
+        for label, owner in owners:
+            names = [n for n in dir(owner) if n.startswith(PREFIXES) and callable(getattr(owner, n))]
+            params = getattr(owner, "params", [])
+            if params and not isinstance(params[0], (list, tuple)):
+                params = [params]
+            combos = list(itertools.product(*[_smallest(p) for p in params])) if params else [()]
+            for name in names:
+                for combo in combos:
+                    cid = f"{label}.{name}" + (f"[{'-'.join(map(str, combo))}]" if combo else "")
+                    cases.append(pytest.param(owner, name, combo, id=cid))
+    return cases
+
+
+def test_conf_is_usable_with_python_same():
+    conf = _load_conf()
+    assert conf["repo"] == ".."
+    assert conf["environment_type"] == "existing"
+    assert (ASV_DIR / conf["benchmark_dir"]).is_dir()
+    for key in ("results_dir", "html_dir", "env_dir"):
+        assert not Path(conf[key]).is_absolute() and ".." not in Path(conf[key]).parts
+    assert conf["build_command"] and conf["install_command"]
+
+
+CASES = _cases()
+
+
+def test_every_module_has_benchmarks():
+    modules = {p.stem for p in BENCH_DIR.glob("*.py") if p.name != "__init__.py"}
+    assert modules, "no benchmark modules"
+    covered = {c.values[0].__module__.partition(".")[2] if inspect.isclass(c.values[0])
+               else c.values[0].__name__.partition(".")[2] for c in CASES}
+    assert modules <= covered
+
+
+def test_transforms_cover_backends_and_peers():
+    from benchmarks import transforms
+
+    assert {"numba", "numpy"} <= set(transforms.Circfft.params[0])
+    assert {"scipy.fft", "numpy.fft", "scipy.fftpack", "torch.fft"} <= set(transforms.Peers.params[0])
+    for cls in (transforms.Circfft, transforms.Peers):
+        assert hasattr(cls, "time_transform") and hasattr(cls, "peakmem_transform")
+
+
+@pytest.mark.parametrize("owner, name, params", CASES)
+def test_benchmark_runs_once(owner, name, params):
+    obj = owner() if inspect.isclass(owner) else owner
+    setup = getattr(obj, "setup", None)
+    teardown = getattr(obj, "teardown", None)
+    if setup is not None:
+        try:
+            setup(*params)
+        except NotImplementedError as exc:
+            pytest.skip(f"setup skipped it: {exc}")
+    try:
+        getattr(obj, name)(*params)
+    finally:
+        if teardown is not None:
+            teardown(*params)
+
+
+def test_smoke_regex_selects_a_small_subset():
+    """The CI smoke regex (see the asv section of the README/Makefile) picks 2 per method."""
+    from benchmarks import transforms
+
+    regex = r"transforms\..*\(.*, 64, 'float32', 'forward'\)"
+    picked = []
+    for cls in (transforms.Circfft, transforms.Peers):
+        for fn in ("time_transform", "peakmem_transform"):
+            for combo in itertools.product(*cls.params):
+                name = f"transforms.{cls.__name__}.{fn}({', '.join(map(repr, combo))})"
+                if re.search(regex, name):
+                    picked.append(name)
+    assert len(picked) == 2 * (len(transforms.Circfft.params[0]) + len(transforms.Peers.params[0]))

@@ -1,0 +1,92 @@
+"""Several Python threads calling circfft at once give the same results as sequential calls."""
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import circfft
+
+CASES = [(64, np.float32), (1024, np.float64), (4096, np.float32), (12, np.float64),
+         (2**15, np.float32), (8, np.float64), (256, np.float32), (2**16, np.float64)]
+
+
+def make_inputs(seed):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((max(3, 2**16 // n), n)).astype(dt) for n, dt in CASES]
+
+
+def task(fn, x, workers, backend, inplace):
+    y = x.copy()
+    if inplace:
+        result = fn(y, out=y, workers=workers, backend=backend)
+        assert result is y
+        return y
+    return fn(y, workers=workers, backend=backend)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_threads_match_sequential(backend, workers, inplace):
+    inputs = make_inputs(workers + 10 * inplace)
+    jobs = [(fn, x) for x in inputs for fn in (circfft.rdfft, circfft.irdfft)]
+    # sequential reference (also the warm-up: compilation happens here)
+    expected = [task(fn, x, workers, backend, inplace) for fn, x in jobs]
+    for _ in range(3):
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures = [pool.submit(task, fn, x, workers, backend, inplace) for fn, x in jobs]
+            results = [f.result(timeout=300) for f in futures]
+        for (fn, x), got, want in zip(jobs, results, expected):
+            # the same arithmetic in the same order: bit-for-bit identical
+            np.testing.assert_array_equal(got, want, err_msg=f"{fn.__name__} n={x.shape[-1]}")
+
+
+def test_threads_mixing_backends_and_workers():
+    pytest.importorskip("numba")
+    inputs = make_inputs(99)
+    jobs = [(fn, x, w, be) for x in inputs for fn in (circfft.rdfft, circfft.irdfft)
+            for w in (1, 2) for be in ("numpy", "numba")]
+    expected = [task(fn, x, w, be, True) for fn, x, w, be in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda j: task(j[0], j[1], j[2], j[3], True), jobs,
+                                timeout=600))
+    for job, got, want in zip(jobs, results, expected):
+        np.testing.assert_array_equal(got, want, err_msg=f"{job[0].__name__} {job[2:]}")
+
+
+def test_threads_with_set_backend_contexts():
+    """Each thread's set_backend context is its own (ContextVar): concurrent threads choosing
+    different backends all get the backend they chose."""
+    from circfft import _dispatch
+
+    x = np.random.default_rng(0).standard_normal((8, 64))
+    barrier = threading.Barrier(4)
+    seen = {}
+
+    def worker(i):
+        name = "numpy" if i % 2 == 0 else ("numba" if _numba() else "numpy")
+        with circfft.set_backend(name):
+            barrier.wait(timeout=60)
+            be = _dispatch.resolve(x)
+            result = circfft.rdfft(x)
+            barrier.wait(timeout=60)
+            seen[i] = (name, be.name, result)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(seen) == 4
+    for name, used, result in seen.values():
+        assert used == name
+        np.testing.assert_allclose(result, circfft.rdfft(x, backend="numpy"),
+                                   atol=1e-12 * np.abs(result).max())
+
+
+def _numba():
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
