@@ -265,9 +265,9 @@ def circulant_matmul(c, x, *, transpose=False, backend=None):
     Examples
     --------
     >>> import numpy as np, circfft
-    >>> c = np.array([1.0, 2.0, 0.0, 0.0])
+    >>> c = np.array([1.0, 2.0, 3.0, 4.0])
     >>> circfft.circulant_matmul(c, np.array([0.0, 1.0, 0.0, 0.0]))
-    array([0., 1., 2., 0.])
+    array([4., 1., 2., 3.])
     """
     arrs, be = _prepare([("x", x), ("c", c)], backend)
     c, x = arrs["c"], arrs["x"]

@@ -73,11 +73,14 @@ _PARAMS = """
 """
 
 _NOTES = """
-    Power-of-two lengths run in place: the compiled backend needs, per worker thread, a
-    scratch of at most ``max(n, 2**17)`` elements and never more memory as rows are added.
-    Other lengths (odd ones included) give the exact result in the same layout through
-    `numpy.fft`, on blocks of rows, with a temporary of at most ``max(n, 2**16)`` complex
-    elements.  NaN and Inf propagate.  Empty arrays give empty results.
+    Power-of-two lengths run in place.  The compiled (numba) backend needs, per worker thread,
+    a scratch of ``128 * n`` bytes for ``n <= 2**16`` (two buffers holding 16 float32 or 8
+    float64 rows side by side, so that the butterflies run on SIMD lanes) and of two rows
+    (``2 * n`` elements) for longer rows; it never grows with the number of rows.  The numpy
+    reference backend works on blocks of at most ``max(n, 2**16)`` elements.  Other lengths
+    (odd ones included) give the exact result in the same layout through `numpy.fft`, on
+    blocks of rows, with a temporary of at most ``max(n, 2**16)`` complex elements.  NaN and
+    Inf propagate.  Empty arrays give empty results.
 """
 
 

@@ -71,9 +71,15 @@ def check_real_dtype(dtype: np.dtype, name: str, inplace: bool) -> np.dtype:
     float32 (as scipy.fft does); in place, only float32 and float64 are possible.
     """
     dtype = np.dtype(dtype)
-    if dtype in (np.float32, np.float64):
-        return dtype
     allowed = "float32 or float64"
+    native = dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
+    if native in (np.float32, np.float64):
+        if dtype.isnative:
+            return dtype
+        if inplace:
+            raise TypeError(f"{name} must be in native byte order to be transformed in place, "
+                            f"got {dtype.str}")
+        return native
     if inplace:
         raise TypeError(f"{name} must be {allowed} to be transformed in place, got {dtype}")
     if dtype == np.float16:

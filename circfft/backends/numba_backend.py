@@ -15,11 +15,11 @@ The inverse runs: transpose in (halfcomplex -> groups), merge into ``conj(2Z)``,
 conjugate and un-bit-reverse, transpose out.  The caller's array is read once and written once,
 and any strides cost nothing extra.
 
-``V`` is 16 lanes for float32 and 8 for float64 (two AVX2 registers: narrower lane loops are
-not vectorised by LLVM) while ``n * V <= SCRATCH_ELEMENTS``; longer rows use one lane.  Scratch
-per worker thread is therefore ``2 * n * V <= 2 * SCRATCH_ELEMENTS`` elements (8 MiB float32,
-16 MiB float64) for rows up to 65536 (float32) / 131072 (float64) elements, and ``2 * n``
-elements for longer rows; it is allocated per call and does not grow with the number of rows.
+``V`` is 64 bytes of lanes (16 float32 or 8 float64 rows: two AVX2 registers; narrower lane
+loops are not vectorised by LLVM) for ``n <= MAX_LANED_N``; longer rows use one lane.  Scratch
+per worker thread is therefore ``2 * 64 * n`` bytes (at most 8 MiB) for ``n <= 2**16`` and two
+rows (``2 * n`` elements) beyond; it is allocated per call and never grows with the number of
+rows.
 
 Non-power-of-two lengths go through :func:`numpy_backend.transform_any_length`.
 """
@@ -35,8 +35,10 @@ from .numpy_backend import BLOCK_ELEMENTS, transform_any_length
 
 __all__ = ["NumbaBackend"]
 
-#: Largest scratch buffer (elements) for the many-lane kernels; longer rows use one lane.
-SCRATCH_ELEMENTS = 1 << 20
+#: Bytes of lanes per scratch element: 16 float32 or 8 float64 rows side by side.
+LANE_BYTES = 64
+#: Longest row transformed with many lanes (a scratch buffer of 64 * n bytes = 4 MiB).
+MAX_LANED_N = 1 << 16
 
 @functools.lru_cache(maxsize=64)
 def group_slots(n: int) -> np.ndarray:
@@ -57,10 +59,13 @@ def group_slots(n: int) -> np.ndarray:
 
 
 def lanes_for(n: int, dtype) -> int:
-    """Rows transformed together: 64 bytes of lanes (16 float32 / 8 float64) when the scratch
-    buffer ``n * V`` fits ``SCRATCH_ELEMENTS``, else 1."""
-    V = 16 if np.dtype(dtype) == np.float32 else 8
-    return V if n * V <= SCRATCH_ELEMENTS else 1
+    """Rows transformed together: ``LANE_BYTES`` of them for ``n <= MAX_LANED_N``, else 1."""
+    return LANE_BYTES // np.dtype(dtype).itemsize if n <= MAX_LANED_N else 1
+
+
+def scratch_bytes(n: int, dtype) -> int:
+    """Scratch the numba backend allocates per worker thread for length ``n`` (two buffers)."""
+    return 2 * n * lanes_for(n, dtype) * np.dtype(dtype).itemsize
 
 
 class NumbaBackend(Backend):

@@ -37,12 +37,20 @@ are stored frequency-major as ``spec[S, T, 2 nb]`` with ``S = ceil(b/2)``: slot 
 zeros for odd ``b``).  The block-circulant product is then one real batched matmul per chunk,
 ``(S, t, 2 nb_in) @ (S, 2 nb_in, 2 nb_out)``, whose ``2 x 2`` block structure
 ``[[Wr, Wi], [-Wi, Wr]]`` is the complex product of DESIGN §3, and the same buffer has exactly
-the size of ``x`` for even ``b``.
+the size of ``x`` for even ``b``.  A kernel with a single block (``m = n = 1``: a plain
+circulant, or ``b = d``) keeps the packed rows as they are, ``spec[T, b]``, and multiplies them
+pair by pair.
+
+Chunks and threads.  Rows are processed in chunks of about `CHUNK_ELEMENTS` elements, so the
+temporaries never grow with the number of rows.  On the CPU the chunks are shared among
+``torch.get_num_threads()`` Python threads (the numba kernels, numpy copies and BLAS calls
+release the GIL) while torch's own intra-op pool is set to one thread for the duration of the
+call (restored afterwards): chunk-sized operations are too small for a fork-join pool.
 """
 from __future__ import annotations
 
-import math
 import threading
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -529,17 +537,17 @@ def _chunk_rows(T, width):
     return max(1, min(T, CHUNK_ELEMENTS // max(1, width), max(16, T // 32)))
 
 
-def _run_chunks(T, tc, make_state, body):
+def _run_chunks(T, tc, make_state, body, nthreads):
     """Call ``body(state, t0, t1)`` for every chunk of rows; return the per-thread states.
 
-    With ``torch.get_num_threads() > 1`` the chunks are shared among that many Python threads
-    (numba kernels, numpy copies and BLAS calls all release the GIL), each running torch
-    single-threaded for the duration: chunk-sized operations are too small for torch's
-    fork-join thread pool, whose barriers cost milliseconds on a busy machine.
+    The chunks are shared among ``nthreads`` Python threads (numba kernels, numpy copies and
+    BLAS calls all release the GIL).  Callers run this under `_torch_single_threaded`:
+    chunk-sized operations are too small for torch's fork-join thread pool, whose barriers cost
+    milliseconds each on a busy machine.
     """
     starts = list(range(0, T, tc))
-    nthreads = min(torch.get_num_threads(), len(starts), MAX_THREADS)
-    if nthreads <= 1:
+    nthreads = max(1, min(nthreads, len(starts), MAX_THREADS))
+    if nthreads == 1:
         state = make_state()
         for t0 in starts:
             body(state, t0, min(T, t0 + tc))
@@ -552,15 +560,52 @@ def _run_chunks(T, tc, make_state, body):
 
     from concurrent.futures import ThreadPoolExecutor
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(nthreads) as pool:
-            for f in [pool.submit(run, i) for i in range(nthreads)]:
-                f.result()
-    finally:
-        torch.set_num_threads(previous)
+    with ThreadPoolExecutor(nthreads) as pool:
+        for f in [pool.submit(run, i) for i in range(nthreads)]:
+            f.result()
     return states
+
+
+def _chunk_threads(device) -> int:
+    """Threads for the chunk loop: torch's CPU thread count; one stream of chunks on GPUs."""
+    return torch.get_num_threads() if device.type == "cpu" else 1
+
+
+_openmp_flag = None
+
+
+def _openmp() -> bool:
+    global _openmp_flag
+    if _openmp_flag is None:
+        _openmp_flag = "OpenMP" in torch.__config__.parallel_info()
+    return _openmp_flag
+
+
+_threads_lock = threading.Lock()
+_threads_depth = 0
+_threads_saved = 1
+
+
+@contextmanager
+def _torch_single_threaded():
+    """``torch.set_num_threads(1)`` for the duration; nested or concurrent uses restore once."""
+    global _threads_depth, _threads_saved
+    if not _openmp():
+        # torch's native thread pool cannot be resized once used (it warns): leave it alone.
+        yield
+        return
+    with _threads_lock:
+        if _threads_depth == 0:
+            _threads_saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _threads_depth += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_depth -= 1
+            if _threads_depth == 0:
+                torch.set_num_threads(_threads_saved)
 
 
 class _Geometry:
@@ -584,6 +629,12 @@ class _Geometry:
 
 
 def _bc_forward_impl(x, w, pre, post, transpose: bool):
+    nthreads = _chunk_threads(x.device)
+    with _torch_single_threaded():
+        return _bc_forward_chunks(x, w, pre, post, transpose, nthreads)
+
+
+def _bc_forward_chunks(x, w, pre, post, transpose, nthreads):
     G = _Geometry(w, transpose, x.dtype, x.shape[0])
     b, cd, dev, tc = G.b, G.cd, x.device, G.tc
     spec = torch.empty(G.spec_shape(), dtype=cd, device=dev)
@@ -624,7 +675,7 @@ def _bc_forward_impl(x, w, pre, post, transpose: bool):
         if st["ybuf"] is not None:
             y[t0:t1].copy_(dst)
 
-    _run_chunks(G.T, tc, make_state, body)
+    _run_chunks(G.T, tc, make_state, body, nthreads)
     return y, spec
 
 
@@ -635,6 +686,14 @@ def _bc_forward_fake(x, w, pre, post, transpose):
 
 def _bc_backward_impl(gy, spec, w, x, pre, post, transpose: bool, need_x: bool,
                       need_w: bool, need_pre: bool, need_post: bool):
+    nthreads = _chunk_threads(gy.device)
+    with _torch_single_threaded():
+        return _bc_backward_chunks(gy, spec, w, x, pre, post, transpose, need_x, need_w,
+                                   need_pre, need_post, nthreads)
+
+
+def _bc_backward_chunks(gy, spec, w, x, pre, post, transpose, need_x, need_w, need_pre,
+                        need_post, nthreads):
     G = _Geometry(w, transpose, gy.dtype, gy.shape[0])
     m, n, b, cd, dev = G.m, G.n, G.b, G.cd, gy.device
     T, tc = G.T, G.tc
@@ -715,7 +774,7 @@ def _bc_backward_impl(gy, spec, w, x, pre, post, transpose: bool, need_x: bool,
                 dx[t0:t1].copy_(du)
 
     if T > 0 and (need_u or need_w or need_post):
-        states = _run_chunks(T, tc, make_state, body)
+        states = _run_chunks(T, tc, make_state, body, nthreads)
     else:
         states = [make_state()]
 

@@ -126,9 +126,9 @@ def spectral_mul(A, B, *, conj=False, out=None, dim=-1):
     --------
     >>> import torch
     >>> from circfft.nn import functional as F
-    >>> a, b = torch.tensor([1.0, 2, 0, 0]), torch.tensor([0.0, 1, 0, 0])
+    >>> a, b = torch.tensor([1.0, 2, 3, 4]), torch.tensor([0.0, 1, 0, 0])
     >>> F.irdfft(F.spectral_mul(F.rdfft(a), F.rdfft(b)))
-    tensor([0., 1., 2., 0.])
+    tensor([4., 1., 2., 3.])
     """
     _tensors(A=A, B=B)
     return get_backend(_BACKEND).spectral_mul(A, B, conj=conj, out=out, axis=dim)
