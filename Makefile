@@ -15,7 +15,7 @@ PY := $(VENV)/bin/python
 # torch is pinned exactly: a CPU wheel of this release is available locally, and an
 # unpinned requirement would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
-EXTRAS := test,bench,docs
+EXTRAS := test,bench,docs,peft
 DEPS_SUM := $(shell { cat pyproject.toml; echo '$(EXTRAS) $(TORCH)'; } | cksum | cut -d' ' -f1)
 STAMP := $(VENV)/.stamp-$(DEPS_SUM)
 

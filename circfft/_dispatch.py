@@ -125,6 +125,12 @@ def array_family(x) -> str:
     return "numpy"
 
 
+def _torch_is_compiling() -> bool:
+    torch = sys.modules.get("torch")
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and compiler.is_compiling())
+
+
 def resolve(x, backend=None) -> Backend:
     """The backend that will transform ``x``."""
     family = array_family(x)
@@ -134,10 +140,13 @@ def resolve(x, backend=None) -> Backend:
             raise TypeError(f"backend {be.name!r} works on {be.family} arrays, "
                             f"got a {family} array ({type(x).__name__})")
         return be
-    for name in reversed(_current.get()):
-        be = get_backend(name)
-        if be.family == family:
-            return be
+    if not (family == "torch" and _torch_is_compiling()):
+        # torch.compile cannot trace a ContextVar read: while compiling, tensors get the
+        # default torch backend (set_backend still applies in eager code).
+        for name in reversed(_current.get()):
+            be = get_backend(name)
+            if be.family == family:
+                return be
     reasons = []
     for name in DEFAULTS.get(family, ()):
         try:

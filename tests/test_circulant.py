@@ -433,3 +433,28 @@ def test_dtype_family_device_mismatch():
         F.block_circulant_matmul(wt, torch.zeros(3, 8, device="meta"))
     with pytest.raises(TypeError, match="torch.Tensor"):
         F.block_circulant_matmul(w, np.zeros((3, 8)))
+
+
+# ---------------------------------------------------------------------------------------------
+# bench --ops helpers (the full benchmark runs each case in fresh processes; too slow here)
+# ---------------------------------------------------------------------------------------------
+def test_bench_ops_case_options_and_table():
+    import argparse
+
+    from circfft import _bench_ops
+
+    row = _bench_ops.run_case("circfft", 64, 16, 32, 1, None, "time")
+    assert row["time_s"] > 0 and row["params"] == 4 * 4 * 16
+    lora = _bench_ops.run_case("lora-4", 64, 0, 32, 1, None, "time")
+    assert lora["params"] == 2 * 4 * 64
+    rows = [dict(row, peak_above_inputs=3 * 32 * 64 * 4),
+            dict(row, impl="c3a", time_s=4 * row["time_s"], peak_above_inputs=10 * 32 * 64 * 4),
+            dict(lora, peak_above_inputs=2 * 32 * 64 * 4)]
+    table = _bench_ops.format_table(rows)
+    assert "| 64 | 16 | circfft |" in table and "time ok, memory ok" in table
+    assert "3.00" in table and "0.300" in table
+    cfg = _bench_ops._options(argparse.Namespace(quick=True, repeat=None,
+                                                 extra_argv=["--dims", "128", "--tokens", "64"]))
+    assert cfg["dims"] == [128] and cfg["tokens"] == 64 and cfg["repeat"] == 2
+    with pytest.raises(SystemExit):
+        _bench_ops._options(argparse.Namespace(extra_argv=["--bogus"]))

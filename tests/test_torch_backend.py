@@ -4,8 +4,10 @@ half precision, registered custom ops (opcheck), torch.compile, and the torch.ff
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +31,14 @@ def _scale(n, norm, forward):
     return 1 / n if (norm == "forward") == forward else 1.0
 
 
+def _run_python(code: str) -> None:
+    """Run ``code`` in a fresh interpreter that imports this checkout's circfft."""
+    root = str(Path(circfft.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
 @pytest.fixture(params=[False, True], ids=["numba-views", "torch-fft"])
 def fft_path(request, monkeypatch):
     """Run a test on the CPU numba path and on the torch.fft path (the CUDA fallback)."""
@@ -41,7 +51,7 @@ def test_import_circfft_does_not_import_torch():
             "circfft.block_circulant_matmul(np.ones((1, 1, 4)), np.ones(4)); "
             "assert 'torch' not in sys.modules, 'torch imported'; "
             "import circfft.nn; assert 'torch' in sys.modules")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    _run_python(code)
 
 
 def test_backend_registered():
@@ -326,6 +336,17 @@ def test_compiled_matches_eager():
     assert torch.allclose(eager, comp) and torch.allclose(g_eager, g_comp)
 
 
+def test_compile_fullgraph_in_a_fresh_process():
+    """circfft.nn.functional loads the backend at import, so the first trace needs no lock."""
+    code = ("import torch\n"
+            "from circfft.nn import functional as F\n"
+            "f = torch.compile(lambda w, x: F.rdfft(F.block_circulant_matmul(w, x)),\n"
+            "                  fullgraph=True, backend='eager')\n"
+            "w, x = torch.randn(1, 2, 4), torch.randn(3, 8)\n"
+            "assert torch.allclose(f(w, x), F.rdfft(F.block_circulant_matmul(w, x)))\n")
+    _run_python(code)
+
+
 def test_compiled_inductor_matches_eager():
     f = torch.compile(lambda x: F.irdfft(F.rdfft(x) * x), fullgraph=True)
     x = torch.randn(4, 16)
@@ -375,3 +396,13 @@ def test_cuda_matches_cpu():
     circfft.rdfft(xc).sum().backward()
     assert torch.autograd.gradcheck(lambda t: circfft.irdfft(t, norm="ortho"),
                                     (xc[:2, :8].detach().clone().requires_grad_(),))
+
+
+def test_public_functions_compile_fullgraph():
+    """circfft.rdfft/irdfft (not only circfft.nn.functional) trace under fullgraph=True once
+    circfft.nn is imported (it loads the torch backend)."""
+    import circfft.nn  # noqa: F401
+
+    x = torch.arange(16, dtype=torch.float64).reshape(2, 8)
+    compiled = torch.compile(lambda t: circfft.irdfft(circfft.rdfft(t) * 2.0), fullgraph=True)
+    torch.testing.assert_close(compiled(x), 2.0 * x, rtol=0, atol=1e-12)

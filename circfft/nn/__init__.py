@@ -11,5 +11,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("circfft.nn needs PyTorch: pip install 'circfft[torch]'") from exc
 
 from . import functional
+from .._dispatch import get_backend
+
+# Load the torch backend now: torch.compile(fullgraph=True) cannot trace its first import.
+get_backend("torch")
 
 __all__ = ["functional"]

@@ -25,6 +25,7 @@ __all__ = ["rdfft", "irdfft", "spectral_mul", "circulant_matmul", "block_circula
            "c3a_to_block_circulant"]
 
 _BACKEND = "torch"
+get_backend(_BACKEND)   # load (and register the custom ops) now, outside any torch.compile trace
 
 
 def _tensors(**named):
