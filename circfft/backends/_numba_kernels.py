@@ -355,7 +355,8 @@ def inverse_block(x, r0, nv, a, b, tw, rev, perm, scale, V):
 
 
 @njit(parallel=True, cache=True, **_JIT)
-def forward_parallel(x, tw, rev, perm, scale, nchunks, lanes):
+def rows_parallel(x, tw, rev, perm, scale, forward, nchunks, lanes):
+    """Transform every row of x in place, blocks of V rows shared among ``nchunks`` threads."""
     V = len(lanes)
     rows, n = x.shape
     nblocks = (rows + V - 1) // V
@@ -364,37 +365,22 @@ def forward_parallel(x, tw, rev, perm, scale, nchunks, lanes):
         a = np.empty(n * V, dtype=x.dtype)
         b = np.empty(n * V, dtype=x.dtype)
         for blk in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
-            forward_block(x, blk * V, min(V, rows - blk * V), a, b, tw, rev, perm, scale, V)
-
-
-@njit(parallel=True, cache=True, **_JIT)
-def inverse_parallel(x, tw, rev, perm, scale, nchunks, lanes):
-    V = len(lanes)
-    rows, n = x.shape
-    nblocks = (rows + V - 1) // V
-    nchunks = max(1, min(nchunks, nblocks))
-    for c in prange(nchunks):
-        a = np.empty(n * V, dtype=x.dtype)
-        b = np.empty(n * V, dtype=x.dtype)
-        for blk in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
-            inverse_block(x, blk * V, min(V, rows - blk * V), a, b, tw, rev, perm, scale, V)
+            r0 = blk * V
+            if forward:
+                forward_block(x, r0, min(V, rows - r0), a, b, tw, rev, perm, scale, V)
+            else:
+                inverse_block(x, r0, min(V, rows - r0), a, b, tw, rev, perm, scale, V)
 
 
 @njit(nogil=True, cache=True, **_JIT)
-def forward_serial(x, tw, rev, perm, scale, lanes):
+def rows_serial(x, tw, rev, perm, scale, forward, lanes):
+    """Transform every row of x in place on the calling thread (releases the GIL)."""
     V = len(lanes)
     rows, n = x.shape
     a = np.empty(n * V, dtype=x.dtype)
     b = np.empty(n * V, dtype=x.dtype)
     for r0 in range(0, rows, V):
-        forward_block(x, r0, min(V, rows - r0), a, b, tw, rev, perm, scale, V)
-
-
-@njit(nogil=True, cache=True, **_JIT)
-def inverse_serial(x, tw, rev, perm, scale, lanes):
-    V = len(lanes)
-    rows, n = x.shape
-    a = np.empty(n * V, dtype=x.dtype)
-    b = np.empty(n * V, dtype=x.dtype)
-    for r0 in range(0, rows, V):
-        inverse_block(x, r0, min(V, rows - r0), a, b, tw, rev, perm, scale, V)
+        if forward:
+            forward_block(x, r0, min(V, rows - r0), a, b, tw, rev, perm, scale, V)
+        else:
+            inverse_block(x, r0, min(V, rows - r0), a, b, tw, rev, perm, scale, V)

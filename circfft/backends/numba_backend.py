@@ -103,10 +103,9 @@ class NumbaBackend(Backend):
         if workers > 1:
             # Parallel kernels keep the GIL: numba's workqueue layer is not re-entrant.
             numba.set_num_threads(workers)
-            driver = K.forward_parallel if forward else K.inverse_parallel
             for rows in as_rows(x):
-                driver(rows, plan.twiddles, plan.bitrev, perm, scale, workers, lanes)
+                K.rows_parallel(rows, plan.twiddles, plan.bitrev, perm, scale, forward,
+                                workers, lanes)
         else:
-            driver = K.forward_serial if forward else K.inverse_serial
             for rows in as_rows(x):
-                driver(rows, plan.twiddles, plan.bitrev, perm, scale, lanes)
+                K.rows_serial(rows, plan.twiddles, plan.bitrev, perm, scale, forward, lanes)
