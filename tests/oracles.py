@@ -233,8 +233,8 @@ def full_spectrum_norm(X, axis: int = -1) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Circular convolution by explicit loops
 # ---------------------------------------------------------------------------------------------
-def circular_convolution_oracle(a, b) -> np.ndarray:
-    """``c[m] = sum_j a[j] * b[(m - j) mod n]`` along the last axis (broadcasting), O(n^2)."""
+def _circular_loop(a, b, sign: int) -> np.ndarray:
+    """``c[m] = sum_j a[j] * b[(m + sign*j) mod n]`` along the last axis (broadcasting), O(n^2)."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     a, b = np.broadcast_arrays(a, b)
@@ -242,18 +242,15 @@ def circular_convolution_oracle(a, b) -> np.ndarray:
     c = np.zeros(a.shape, dtype=np.float64)
     for m in range(n):
         for j in range(n):
-            c[..., m] += a[..., j] * b[..., (m - j) % n]
+            c[..., m] += a[..., j] * b[..., (m + sign * j) % n]
     return c
+
+
+def circular_convolution_oracle(a, b) -> np.ndarray:
+    """``c[m] = sum_j a[j] * b[(m - j) mod n]``: the signal whose spectrum is A * B."""
+    return _circular_loop(a, b, -1)
 
 
 def circular_correlation_oracle(a, b) -> np.ndarray:
     """``c[m] = sum_j a[j] * b[(j + m) mod n]``: the signal whose spectrum is conj(A) * B."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    a, b = np.broadcast_arrays(a, b)
-    n = a.shape[-1]
-    c = np.zeros(a.shape, dtype=np.float64)
-    for m in range(n):
-        for j in range(n):
-            c[..., m] += a[..., j] * b[..., (j + m) % n]
-    return c
+    return _circular_loop(a, b, +1)
