@@ -79,7 +79,8 @@ def _parse(argv):
     p.add_argument("--warmup", type=int, help=f"untimed rounds first (default {FULL['warmup']})")
     p.add_argument("--block-size", type=int, default=64, help="CirculantAdapter / C3A block")
     p.add_argument("--n-frequency", type=int, default=1000, help="FourierFT entries per layer")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:k]")
+    p.add_argument("--device", nargs="+", metavar="DEV",
+                   help="cpu and/or cuda[:k] (default: cpu, plus cuda when torch sees one)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -87,7 +88,7 @@ def _parse(argv):
     ns = p.parse_args(list(argv))
     base = QUICK if ns.quick else FULL
     cfg = dict(methods=ns.methods, block_size=ns.block_size, n_frequency=ns.n_frequency,
-               device=ns.device, threads=ns.threads, memory=not ns.no_memory, json=ns.json,
+               devices=ns.device, threads=ns.threads, memory=not ns.no_memory, json=ns.json,
                progress=not ns.no_progress)
     for key in ("batch_size", "seq_len", "repeat", "warmup"):
         value = getattr(ns, key)
@@ -285,10 +286,13 @@ def main(argv=()) -> int:
         return 2
     from ._demo import _check_device
 
-    reason = _check_device(cfg["device"])
-    if reason:
-        print(f"bench --adapters: {reason}", file=sys.stderr)
-        return 2
+    if not cfg["devices"]:
+        cfg["devices"] = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in cfg["devices"]:
+        reason = _check_device(device)
+        if reason:
+            print(f"bench --adapters: {reason}", file=sys.stderr)
+            return 2
     threads = torch.get_num_threads()
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
@@ -299,9 +303,22 @@ def main(argv=()) -> int:
 
 
 def _run(cfg, torch) -> int:
+    cfg["threads"] = torch.get_num_threads()
+    per_device, shape = {}, None
+    for device in cfg["devices"]:
+        per_device[device], shape = _run_device(dict(cfg, device=device))
+        print()
+    if cfg["json"]:
+        with open(cfg["json"], "w") as fh:
+            json.dump(dict(config=cfg, batch_shape=shape, devices=per_device,
+                           rows=per_device[cfg["devices"][0]]), fh, indent=1)
+    return 0
+
+
+def _run_device(cfg):
+    """Time (and measure) every method on ``cfg["device"]``; print its tables."""
     from . import _demo_data as data
 
-    cfg["threads"] = torch.get_num_threads()
     batch = make_batch(data.load_tokenizer(), cfg["batch_size"], cfg["seq_len"], cfg["device"])
     shape = tuple(batch[0].shape)
     print(f"one training step (forward, loss, backward, AdamW step) of the demo model, float32, "
@@ -335,10 +352,7 @@ def _run(cfg, torch) -> int:
         if cfg["device"].startswith("cuda") else
         "peak RSS of one step (fresh process per method, /proc/self/clear_refs) minus the RSS "
         "before it (model, batch and optimizer state)"))
-    if cfg["json"]:
-        with open(cfg["json"], "w") as fh:
-            json.dump(dict(config=cfg, batch_shape=shape, rows=rows), fh, indent=1)
-    return 0
+    return rows, shape
 
 
 if __name__ == "__main__":

@@ -144,17 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Entry point of ``python -m circfft`` and the ``circfft`` script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"] and "--adapters" in argv[1:]:
+        # bench --adapters has options of its own (some share names with bench's: --methods,
+        # --device: `bench --adapters --device cuda` is this benchmark on CUDA, not bench_gpu's).
+        print(f"$ {shlex.join([*PROG.split(), *argv])}", flush=True)
+        from ._bench_adapters import main as run_adapters
+
+        return run_adapters([a for a in argv[1:] if a != "--adapters"])
     if argv[:1] == ["bench"] and _wants_cuda(argv[1:]):
         print(f"$ {shlex.join([*PROG.split(), *argv])}", flush=True)
         from ._bench_gpu import main as run_gpu
 
         return run_gpu(argv[1:])
-    if argv[:1] == ["bench"] and "--adapters" in argv[1:]:
-        # bench --adapters has options of its own (some share names with bench's: --methods).
-        print(f"$ {shlex.join([*PROG.split(), *argv])}", flush=True)
-        from ._bench_adapters import main as run_adapters
-
-        return run_adapters([a for a in argv[1:] if a != "--adapters"])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not (args.command == "bench" and args.ops):

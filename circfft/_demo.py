@@ -269,7 +269,8 @@ def train_method(name, train, test, tokenizer, cfg, progress=True, save_dir=None
     losses, times = [], []
     bar = _progress(cfg["steps"], METHODS[name].label, progress)
     probe = PeakMemory(device)
-    probe.start()
+    if cfg["steps"] == 1:
+        probe.start()
     for step in range(cfg["steps"]):
         ids, mask, labels = batches.next()
         _sync(device)
@@ -282,6 +283,11 @@ def train_method(name, train, test, tokenizer, cfg, progress=True, save_dir=None
         _sync(device)
         times.append(time.perf_counter() - t0)
         losses.append(float(loss.detach()))
+        if step == 0 and cfg["steps"] > 1:
+            # Measure from the second step on: the first one also allocates one-off state
+            # (optimizer moments, JIT compilation, FFT plans) that is not the method's cost.
+            del loss
+            probe.start()
         if bar is not None:
             bar.update(1)
             if step % 10 == 0:
@@ -368,14 +374,14 @@ def plot(rows, path):
         ax.plot(_smooth(r["losses"]), label=r["label"])
     ax.set(title="training loss (moving average, 20 steps)", xlabel="step", ylabel="loss")
     ax.legend(fontsize=7)
-    names = [r["label"].replace(" ", "\n", 2) for r in rows]
+    names = [r["method"] for r in rows]         # short names: the legend has the labels
     for ax, key, title, scale in (
             (axes[0, 1], "accuracy", "held-out accuracy (%)", 100),
             (axes[1, 0], "step_time_s", "median step time (ms)", 1000),
-            (axes[1, 1], "peak_bytes", "peak memory above start (MiB)", 2.0 ** -20)):
+            (axes[1, 1], "peak_bytes", "peak memory during training (MiB)", 2.0 ** -20)):
         vals = [(r[key] or 0) * scale for r in rows]
         ax.bar(range(len(rows)), vals, color=[f"C{i}" for i in range(len(rows))])
-        ax.set_xticks(range(len(rows)), names, fontsize=7)
+        ax.set_xticks(range(len(rows)), names, fontsize=8, rotation=30, ha="right")
         ax.set_title(title)
         if key == "accuracy":
             lo = min(vals)
@@ -441,6 +447,20 @@ def _check_args(args):
         raise ValueError(f"--threads must be a positive integer, got {args.threads}")
 
 
+def _check_targets(target_modules) -> str | None:
+    """None if every entry names a linear of the demo model (PEFT's list rule), else why not."""
+    from torch import nn
+
+    linears = [n for n, m in data.load_model().named_modules() if isinstance(m, nn.Linear)]
+    missing = [t for t in target_modules
+               if not any(n == t or n.endswith("." + t) for n in linears)]
+    if not missing:
+        return None
+    suffixes = sorted({n.rsplit(".", 1)[-1] for n in linears})
+    return (f"--target-modules {' '.join(missing)}: no linear of the model has that name or "
+            f"name suffix; the model's linears end in {', '.join(suffixes)}")
+
+
 def _check_device(device: str) -> str | None:
     """None if ``device`` is usable, else the reason it is not."""
     import torch
@@ -467,7 +487,7 @@ def run(args) -> int:
         print(f"demo needs torch and the demo extra: pip install 'circfft[demo]' ({exc})",
               file=sys.stderr)
         return 2
-    reason = _check_device(args.device)
+    reason = _check_device(args.device) or _check_targets(args.target_modules)
     if reason:
         print(f"demo: {reason}", file=sys.stderr)
         return 2
@@ -510,9 +530,9 @@ def _run(args, torch) -> int:
         for r in rows))
     print("merged acc: the same model evaluated after merge_and_unload (adapter folded into "
           "the weights); step time: median over steps after warm-up; peak mem: "
-          + ("torch.cuda.max_memory_allocated above the start of training" if
+          + ("torch.cuda.max_memory_allocated of steps 2.. above the allocation after step 1" if
              args.device.startswith("cuda") else
-             "peak RSS above the start of training (one process for all methods: see "
+             "peak RSS of steps 2.. above the RSS after step 1 (one process for all methods: see "
              "`python -m circfft bench --adapters` for fresh-process figures)"))
     bad = [r["method"] for r in rows if r.get("merged_disagreements")]
     if bad:

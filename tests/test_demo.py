@@ -155,6 +155,9 @@ def test_demo_rejects_bad_options(capsys):
     if not torch.cuda.is_available():
         assert main(["demo", "--device", "cuda", "--no-progress"]) == 2
         assert "no CUDA device" in capsys.readouterr().err
+    assert main(["demo", "--target-modules", "query", "qkv", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--target-modules qkv: no linear" in err and "query" in err.split("end in")[1]
     with pytest.raises(SystemExit):
         main(["demo", "--methods", "nope"])
 
@@ -212,5 +215,10 @@ def test_bench_adapters_verdicts():
 def test_bench_adapters_rejects_bad_options(capsys):
     assert main(["bench", "--adapters", "--seq-len", "2"]) == 2
     assert "--seq-len must be 0" in capsys.readouterr().err
+    import torch
+
+    if not torch.cuda.is_available():       # routed here, not to `bench --device cuda`
+        assert main(["bench", "--adapters", "--device", "cuda"]) == 2
+        assert "bench --adapters: --device cuda: no CUDA device" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "--adapters", "--methods", "nope"])

@@ -192,7 +192,7 @@ def _reference(kind, params):
         loss_terms += abs(lt.item())
         for n, p in trainable.items():
             abs_sum[n] += p.grad.double().abs()
-    return float(loss), grads, abs_sum, loss_terms
+    return float(loss.detach()), grads, abs_sum, loss_terms
 
 
 def _result(runs, mode, kind):

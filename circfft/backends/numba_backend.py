@@ -4,15 +4,17 @@ Each worker thread owns two scratch buffers of ``n * V`` elements.  A block of `
 copied in transposed (element ``k`` of the ``V`` rows side by side, one SIMD vector per element),
 so that every butterfly operates on ``V`` contiguous lanes.  Per block of rows:
 
-1. transpose the rows into scratch (tiled, so the tile being filled stays in L1);
+1. transpose the rows into scratch (8x8 register transposes of float32, 4x4 of float64);
 2. complex FFT of length ``m = n/2`` in constant-geometry radix-4 stages, ping-ponging between
-   the two buffers (see :mod:`._numba_kernels` for why this form vectorises);
+   the two buffers (see :mod:`._numba_kernels` for why this form vectorises); when log2 m is
+   odd the last radix-2 stage is left to step 3;
 3. split ``Z`` into the half spectrum ``Y`` of the real rows, one contiguous group of lane
    vectors per frequency pair (k, m-k);
 4. transpose back into the rows, putting the groups into halfcomplex order on the way.
 
-The inverse runs: transpose in (halfcomplex -> groups), merge into ``conj(2Z)``, the same FFT,
-conjugate and un-bit-reverse, transpose out.  The caller's array is read once and written once,
+The inverse runs: transpose in (plain: the scratch holds the halfcomplex columns), merge into
+``conj(2Z)``, the same FFT, conjugate and un-bit-reverse (with the pending radix-2 stage),
+transpose out.  The caller's array is read once and written once,
 and any strides cost nothing extra.
 
 ``V`` is 64 bytes of lanes (16 float32 or 8 float64 rows: two AVX2 registers; narrower lane
@@ -24,8 +26,6 @@ rows.
 Non-power-of-two lengths go through :func:`numpy_backend.transform_any_length`.
 """
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 
@@ -39,24 +39,6 @@ __all__ = ["NumbaBackend"]
 LANE_BYTES = 64
 #: Longest row transformed with many lanes (a scratch buffer of 64 * n bytes = 4 MiB).
 MAX_LANED_N = 1 << 16
-
-@functools.lru_cache(maxsize=64)
-def group_slots(n: int) -> np.ndarray:
-    """Column -> scratch slot map of the split spectrum (see ``_numba_kernels.split_spectrum``).
-
-    Slot group k holds ``Re Y_k, Im Y_k, Re Y_{m-k}, Im Y_{m-k}`` (m = n/2), i.e. columns
-    k, n-k, m-k, m+k; group 0 holds columns 0, m, m/2, n - m/2.
-    """
-    m = n // 2
-    perm = np.empty(n, dtype=np.int64)
-    perm[0], perm[m] = 0, 1
-    if m >= 2:
-        perm[m // 2], perm[n - m // 2] = 2, 3
-    k = np.arange(1, (m + 1) // 2)
-    perm[k], perm[n - k], perm[m - k], perm[m + k] = 4 * k, 4 * k + 1, 4 * k + 2, 4 * k + 3
-    perm.flags.writeable = False
-    return perm
-
 
 def lanes_for(n: int, dtype) -> int:
     """Rows transformed together: ``LANE_BYTES`` of them for ``n <= MAX_LANED_N``, else 1."""
@@ -97,15 +79,14 @@ class NumbaBackend(Backend):
         plan = get_plan(n, x.dtype)
         V = lanes_for(n, x.dtype)
         scale = x.dtype.type(scale)
-        perm = group_slots(n)
         lanes = (0,) * V
         workers = max(1, min(workers, numba.config.NUMBA_NUM_THREADS))
         if workers > 1:
             # Parallel kernels keep the GIL: numba's workqueue layer is not re-entrant.
             numba.set_num_threads(workers)
             for rows in as_rows(x):
-                K.rows_parallel(rows, plan.twiddles, plan.bitrev, perm, scale, forward,
+                K.rows_parallel(rows, plan.twiddles, plan.bitrev, scale, forward,
                                 workers, lanes)
         else:
             for rows in as_rows(x):
-                K.rows_serial(rows, plan.twiddles, plan.bitrev, perm, scale, forward, lanes)
+                K.rows_serial(rows, plan.twiddles, plan.bitrev, scale, forward, lanes)
