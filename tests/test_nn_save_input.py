@@ -85,7 +85,7 @@ def test_multichunk_threads_and_torch_fft_path(monkeypatch, torch_fft):
         torch.set_num_threads(previous)
 
 
-@pytest.mark.parametrize("shape,transpose", CASES[:3] + CASES[-1:], ids=str)
+@pytest.mark.parametrize("shape,transpose", CASES[:5], ids=str)
 def test_gradcheck(shape, transpose):
     w, x, a, g = _inputs(shape, transpose, tokens=(2, 3))
     args = [t.requires_grad_() for t in (a, w, g, x)]

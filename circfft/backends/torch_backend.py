@@ -897,6 +897,118 @@ def _bc_backward(ctx, gy, gspec):
             dpre if need_pre else None, dpost if need_post else None, None, None)
 
 # ---------------------------------------------------------------------------------------------
+# Base layer and block-circulant update in one matmul: y = x (W + s C(w))^T + bias
+# ---------------------------------------------------------------------------------------------
+# Up to a few thousand tokens one BLAS matmul with the merged d_out x d_in weight beats the
+# transforms and packed products of the update, and the base layer's own matmul is shared.
+# Only x (the caller's tensor), the frozen weight and the small kernel are saved; the merged
+# weight is rebuilt in backward (a d_out x d_in temporary), so no activation is added.  The
+# kernel gradient comes from the spectra of x and gy (no gy^T x matmul).
+def _circ_index(b, device):
+    """``idx[r, s] = (r - s) % b``: block ``circ(c)`` is ``c[idx]`` (first-column convention)."""
+    r = torch.arange(b, device=device)
+    return (r[:, None] - r[None, :]) % b
+
+
+#: Rows per chunk of the kernel gradient of the merged route bound its spectra to about this
+#: many elements (a fraction of x's size: the route adds no activation-sized temporaries).
+LINEAR_CHUNK_ELEMENTS = 1 << 18
+
+
+def _row_chunks(T, width):
+    tc = max(1, min(T, LINEAR_CHUNK_ELEMENTS // max(1, width)))
+    return [(t0, min(T, t0 + tc)) for t0 in range(0, T, tc)]
+
+
+def _bc_kernel_grad(g2, x2, m, n, b):
+    """``gw[i, j] = sum_tokens corr(gy_i, x_j)``: per frequency ``conj(X_j) G_i`` summed over
+    the tokens, one batched complex matmul over the ``b/2 + 1`` frequencies (DESIGN §4); the
+    full ``d_out x d_in`` product ``gy^T x`` is never formed."""
+    acc = None
+    for t0, t1 in _row_chunks(x2.shape[0], 2 * x2.shape[1] + g2.shape[1]):
+        t = t1 - t0
+        # Spectra with the tokens last, so both matmul operands are plain strided views:
+        # Re and Im of G^T conj(X) are [Gr, Gi] . [Xr, Xi] and [Gr, Gi] . [-Xi, Xr] (the
+        # pairs of i X), summed over the tokens by one real batched matmul over frequencies
+        # (a complex bmm of such small matrices loops per batch).
+        Gf = torch.fft.rfft(g2[t0:t1].t().reshape(m, b, t), dim=1)       # (m, h, t)
+        Xf = torch.fft.rfft(x2[t0:t1].t().reshape(n, b, t), dim=1)       # (n, h, t)
+        h = Xf.shape[1]
+        XX = torch.view_as_real(torch.cat([Xf, Xf * 1j])).contiguous()  # (2n, h, t, 2)
+        L = torch.view_as_real(Gf.contiguous()).reshape(m, h, 2 * t).transpose(0, 1)
+        R = XX.reshape(2 * n, h, 2 * t).permute(1, 2, 0)                # (h, 2t, 2n)
+        M = torch.matmul(L, R)                                          # (h, m, 2n)
+        acc = M if acc is None else acc.add_(M)
+    if acc is None:                                                   # no tokens
+        return g2.new_zeros((m, n, b))
+    acc = acc.view(h, m, 2, n).permute(1, 3, 0, 2).contiguous()      # (m, n, h, 2)
+    return torch.fft.irfft(torch.view_as_complex(acc), n=b, dim=-1)
+
+
+_dense_index_cache = {}
+
+
+def _dense_index(m, n, b, device):
+    """Flat index of ``w`` for every entry of the dense ``(m*b, n*b)`` matrix: entry
+    ``(i*b + r, j*b + s)`` reads ``w[i, j, (r - s) % b]`` (cached per shape and device: it is
+    as large as the weight, and rebuilding it costs more than the gather)."""
+    key = (m, n, b, str(device))
+    idx = _dense_index_cache.get(key)
+    if idx is None:
+        i = torch.arange(m, device=device)[:, None, None, None]
+        j = torch.arange(n, device=device)[None, None, :, None]
+        idx = ((i * n + j) * b + _circ_index(b, device)[None, :, None, :]).reshape(-1)
+        if len(_dense_index_cache) > 64:
+            _dense_index_cache.clear()
+        _dense_index_cache[key] = idx
+    return idx
+
+
+def _bc_merged_weight(weight, w, scale):
+    """``weight + scale * C(w)``: one gather of the (small) scaled kernel and one add."""
+    m, n, b = w.shape
+    ws = w.to(weight.dtype) * scale
+    dense = ws.reshape(-1).index_select(0, _dense_index(m, n, b, w.device))
+    return dense.view(weight.shape).add_(weight)
+
+
+def _bc_linear_impl(x, weight, bias, w, scale: float):
+    x2 = x.reshape(-1, x.shape[-1])
+    wm = _bc_merged_weight(weight, w, scale)
+    y = torch.addmm(bias, x2, wm.t()) if bias is not None else x2 @ wm.t()
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _bc_linear_fake(x, weight, bias, w, scale):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def _bc_linear_setup(ctx, inputs, output):
+    x, weight, bias, w, scale = inputs
+    ctx.scale = scale
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x, weight, w)
+
+
+def _bc_linear_backward(ctx, gy):
+    x, weight, w = ctx.saved_tensors
+    need_x, need_weight, need_bias, need_w = (bool(ctx.needs_input_grad[i]) for i in range(4))
+    g2 = gy.reshape(-1, gy.shape[-1]).contiguous()          # (BLAS wants unit strides)
+    x2 = x.reshape(-1, x.shape[-1])
+    dx = dweight = dbias = dw = None
+    if need_x:
+        dx = (g2 @ _bc_merged_weight(weight, w, ctx.scale)).reshape(x.shape)
+    if need_weight:
+        dweight = g2.t() @ x2
+    if need_w:
+        m, n, b = w.shape
+        dw = (_bc_kernel_grad(g2, x2.to(g2.dtype), m, n, b) * ctx.scale).to(w.dtype)
+    if need_bias and ctx.has_bias:
+        dbias = g2.sum(0)
+    return dx, dweight, dbias, dw, None
+
+
+# ---------------------------------------------------------------------------------------------
 # Registration
 # ---------------------------------------------------------------------------------------------
 def _register():
@@ -932,6 +1044,11 @@ def _register():
                    "bool transpose, bool need_x, bool need_w, bool need_pre, bool need_post, "
                    "bool save_input=False) -> (Tensor, Tensor, Tensor, Tensor)")
         bcb.register_fake(_bc_backward_fake)
+        bl = lib.custom_op(
+            "circfft::block_circulant_linear", _bc_linear_impl, mutates_args=(),
+            schema="(Tensor x, Tensor weight, Tensor? bias, Tensor w, float scale) -> Tensor")
+        bl.register_fake(_bc_linear_fake)
+        bl.register_autograd(_bc_linear_backward, setup_context=_bc_linear_setup)
         _ops = torch.ops.circfft
 
 

@@ -36,7 +36,8 @@ import threading
 import torch
 
 __all__ = ["fourierft_plan", "fourierft_apply", "fourierft_delta_weight", "choose_route",
-           "CHUNK_ELEMENTS", "DENSE_FLOP_WEIGHT"]
+           "fourierft_linear", "CHUNK_ELEMENTS", "DENSE_FLOP_WEIGHT", "GATHER_GRAD_RATIO",
+           "SAVE_MERGED_WEIGHT"]
 
 #: Rows are processed in chunks whose gathered temporaries hold about this many elements.
 CHUNK_ELEMENTS = 1 << 18
@@ -205,6 +206,147 @@ def _backward(ctx, gy):
     return (dx if need_x else None, df if need_f else None) + (None,) * 6
 
 
+# ---------------------------------------------------------------------------------------------
+# Base layer and FourierFT update in one matmul: y = x (W + dW)^T + bias
+# ---------------------------------------------------------------------------------------------
+# dW = scaling * Re(ifft2(F)) for the real sparse grid F equals scaling * ifft2(H) with the
+# Hermitian (real, point-symmetric) grid H = (F + F[-r, -c]) / 2, so one inverse real 2-d
+# transform of H's half-spectrum builds it.  Its adjoint: for a real G,
+# d<G, dW>/df_k = (scaling / (d_out d_in)) Re(fft2(G))[rows_k, cols_k], read from rfft2(G)
+# (columns above d_in/2 through Re(fft2 G)[r, c] = Re(fft2 G)[-r, -c]).
+# Only x (the caller's tensor), the frozen weight and the n coefficients are saved; dW is
+# rebuilt in backward, so the route adds no activation memory.
+def _fourierft_dense(spectrum, rows, cols, d_out: int, d_in: int, scaling: float, dtype):
+    r = rows.to(torch.int64)
+    c = cols.to(torch.int64)
+    # H = (F + F[-r, -c]) / 2 by a flat index_add (index_put with accumulate is far slower)
+    flat = torch.cat([r * d_in + c, ((d_out - r) % d_out) * d_in + (d_in - c) % d_in])
+    half = spectrum.to(dtype) * (0.5 * scaling / (d_out * d_in))
+    H = torch.zeros(d_out * d_in, dtype=dtype, device=spectrum.device)
+    H.index_add_(0, flat, torch.cat([half, half]))
+    # H is real and point-symmetric, so ifft2(H) = fft2(H) / N is real and point-symmetric:
+    # the forward real transform (cheaper than the inverse one) gives columns 0..d_in/2, the
+    # rest is dW[i, j] = dW[-i, d_in - j].
+    R = torch.fft.rfft2(H.view(d_out, d_in)).real
+    h = d_in // 2 + 1
+    if d_in - h == 0:
+        return R.contiguous()
+    neg = (-torch.arange(d_out, device=R.device)) % d_out
+    right = R.index_select(0, neg)[:, 1:d_in - h + 1].flip(1)
+    return torch.cat([R, right], dim=1)
+
+
+#: Keep the merged weight of `fourierft_linear` for backward (faster by one 2-d transform of
+#: the weight grid, but d_out x d_in more saved per layer) instead of rebuilding it there.
+SAVE_MERGED_WEIGHT = False
+
+#: The merged route's spectrum gradient gathers ``n`` products per token when
+#: ``n * GATHER_GRAD_RATIO < d_out * d_in``; otherwise it forms ``gy^T x`` (one matmul of
+#: ``tokens * d_out * d_in``) and reads ``n`` entries of its 2-d transform.
+GATHER_GRAD_RATIO = 256
+
+
+def _fourierft_dense_adjoint(G, rows, cols, scaling: float):
+    """``(scaling / N) Re(fft2(G))[rows, cols]`` for a real ``G`` (d_out, d_in)."""
+    d_out, d_in = G.shape
+    R = torch.fft.rfft2(G).real
+    r = rows.to(torch.int64)
+    c = cols.to(torch.int64)
+    right = c > d_in // 2
+    r = torch.where(right, (d_out - r) % d_out, r)
+    c = torch.where(right, d_in - c, c)
+    return R[r, c] * (scaling / (d_out * d_in))
+
+
+def _spectrum_grad(g2, x2, rows, cols, scaling: float):
+    """``d<G, dW>/df_k`` for ``G = gy^T x`` without forming ``G``: ``(scaling / N)
+    Re(fft2(G))[r_k, c_k] = (scaling / N) sum_tokens Re(fft(gy)[r_k] fft(x)[c_k])``, gathered
+    from the half spectra (``fft(v)[u] = conj(rfft(v)[d - u])`` above ``d/2``), in row chunks
+    whose gathered factors stay near the size of a few rows of ``x``."""
+    from ..backends.torch_backend import _row_chunks
+
+    T, d_in = x2.shape
+    d_out = g2.shape[1]
+    r = rows.to(torch.int64)
+    c = cols.to(torch.int64)
+    r_hi = r > d_out // 2
+    c_hi = c > d_in // 2
+    rh = torch.where(r_hi, d_out - r, r)
+    ch = torch.where(c_hi, d_in - c, c)
+    # Re(a b) with a = conj^p(A), b = conj^q(B): Re A Re B - s Im A Im B, s = (-1)^(p+q)
+    sgn = torch.where(r_hi == c_hi, -1.0, 1.0).to(x2.dtype)
+    acc = torch.zeros(r.numel(), dtype=x2.dtype, device=x2.device)
+    for t0, t1 in _row_chunks(T, r.numel()):
+        # frequencies first, so each gather copies whole rows (h, t, 2) -> (n, t, 2)
+        A = torch.view_as_real(torch.fft.rfft(g2[t0:t1].t(), dim=0)).index_select(0, rh)
+        B = torch.view_as_real(torch.fft.rfft(x2[t0:t1].t(), dim=0)).index_select(0, ch)
+        P = (A * B).sum(1)                                  # (n, 2): sums of Re*Re, Im*Im
+        acc += P[:, 0] + sgn * P[:, 1]
+    return acc * (scaling / (d_out * d_in))
+
+
+def _merged_weight(weight, spectrum, rows, cols, scaling):
+    d_out, d_in = weight.shape
+    return weight + _fourierft_dense(spectrum, rows, cols, d_out, d_in, scaling, weight.dtype)
+
+
+def _linear_forward(x, weight, bias, spectrum, rows, cols, scaling):
+    x2 = x.reshape(-1, x.shape[-1])
+    wm = _merged_weight(weight, spectrum, rows, cols, scaling)
+    y = torch.addmm(bias, x2, wm.t()) if bias is not None else x2 @ wm.t()
+    return y.reshape(*x.shape[:-1], weight.shape[0]), wm
+
+
+def _linear_train_impl(x, weight, bias, spectrum, rows, cols, scaling: float):
+    return _linear_forward(x, weight, bias, spectrum, rows, cols, scaling)
+
+
+def _linear_train_fake(x, weight, bias, spectrum, rows, cols, scaling):
+    return x.new_empty((*x.shape[:-1], weight.shape[0])), weight.new_empty(weight.shape)
+
+
+def _linear_setup(ctx, inputs, output):
+    x, weight, bias, spectrum, rows, cols, scaling = inputs
+    ctx.scaling = scaling
+    ctx.has_bias = bias is not None
+    # Saving the merged weight (d_out x d_in per layer) would spare one build in backward, but
+    # across a model it adds more memory than PEFT's FourierFT peaks above (measured with
+    # `python -m circfft bench --adapters`): rebuild it if SAVE_MERGED_WEIGHT is False.
+    ctx.save_merged = SAVE_MERGED_WEIGHT
+    ctx.save_for_backward(x, output[1] if ctx.save_merged else weight, spectrum, rows, cols)
+
+
+def _linear_backward(ctx, gy, gwm):
+    x, w_saved, spectrum, rows, cols = ctx.saved_tensors
+    wm = w_saved if ctx.save_merged else None
+    need_x, need_weight, need_bias, need_f = (bool(ctx.needs_input_grad[i]) for i in range(4))
+    g2 = gy.reshape(-1, gy.shape[-1]).contiguous()          # (BLAS wants unit strides)
+    x2 = x.reshape(-1, x.shape[-1])
+    dx = dweight = dbias = df = None
+    if need_x:
+        if wm is None:
+            wm = _merged_weight(w_saved, spectrum, rows, cols, ctx.scaling)
+        dx = (g2 @ wm).reshape(x.shape)
+    if need_weight:
+        dweight = g2.t() @ x2
+    if need_f:
+        d_out, d_in = w_saved.shape
+        if rows.numel() * GATHER_GRAD_RATIO < d_out * d_in:
+            df = _spectrum_grad(g2, x2.to(g2.dtype), rows, cols, ctx.scaling)
+        else:
+            df = _fourierft_dense_adjoint(g2.t() @ x2.to(g2.dtype), rows, cols, ctx.scaling)
+        df = df.to(spectrum.dtype)
+    if need_bias and ctx.has_bias:
+        dbias = g2.sum(0)
+    return dx, dweight, dbias, df, None, None, None
+
+
+def fourierft_linear(x, weight, bias, spectrum, rows, cols, scaling: float):
+    """``x (weight + dW)^T + bias`` in one matmul (``dW`` PEFT's FourierFT update)."""
+    return torch.ops.circfft.fourierft_linear(x, weight, bias, spectrum, rows, cols,
+                                              float(scaling))[0]
+
+
 def _register():
     global _registered
     if _registered:
@@ -228,6 +370,12 @@ def _register():
                    "Tensor kidx, Tensor coef, float scale, bool need_x, bool need_f) "
                    "-> (Tensor, Tensor)")
         bop.register_fake(_bwd_fake)
+        lop = lib.custom_op(
+            "circfft::fourierft_linear", _linear_train_impl, mutates_args=(),
+            schema="(Tensor x, Tensor weight, Tensor? bias, Tensor spectrum, Tensor rows, "
+                   "Tensor cols, float scaling) -> (Tensor, Tensor)")
+        lop.register_fake(_linear_train_fake)
+        lop.register_autograd(_linear_backward, setup_context=_linear_setup)
         _registered = True
 
 

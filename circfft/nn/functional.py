@@ -400,7 +400,9 @@ def fourierft_matmul(x, spectrum, rows, cols, out_features, scaling, *, route="a
         ``"fft"``: one packed transform of each row, ``2n`` gathered multiply-adds and one
         inverse transform, ``tokens * (in log in + out log out + 2n)`` flops, nothing built.
         ``"dense"``: build ``dW`` with two transforms and multiply
-        (``out*in*(log out + log in) + tokens*out*in``).  ``"auto"`` picks the smaller count.
+        (``out*in*(log out + log in) + tokens*out*in``).  ``"auto"`` picks the smaller count,
+        the dense one weighted by ``circfft.nn._fourierft.DENSE_FLOP_WEIGHT`` (BLAS runs more
+        flops per second than transforms and gathers).
 
     Returns
     -------
