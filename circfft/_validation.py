@@ -116,3 +116,15 @@ def check_out(out, x: np.ndarray, dtype: np.dtype) -> None:
     if np.shares_memory(out, x):
         raise ValueError("out overlaps x partially; pass out=x for an in-place transform "
                          "or a separate array")
+
+
+def strides_self_overlap(shape, strides) -> bool:
+    """True when distinct indices of an array of this ``shape`` and ``strides`` (any unit) may
+    address the same memory, e.g. a broadcast or expanded view.  Sufficient test: sort the
+    axes by stride; each must step past everything the smaller ones reach."""
+    reach = 0
+    for stride, size in sorted((abs(s), n) for n, s in zip(shape, strides) if n > 1):
+        if stride <= reach:
+            return True
+        reach += stride * (size - 1)
+    return False

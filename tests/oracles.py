@@ -423,21 +423,6 @@ def device_packed_rfft_oracle(xp, x):
 # ---------------------------------------------------------------------------------------------
 # Dense block-circulant matrices (CUDA emulation tests), built entry by entry from DESIGN §4
 # ---------------------------------------------------------------------------------------------
-def block_circulant_dense_oracle(w) -> np.ndarray:
-    """Dense matrix of the block-circulant kernel ``w`` (shape (p, q, b), first-column
-    convention): ``M[i*b + r, j*b + s] = w[i, j, (r - s) mod b]``, float64, by explicit loops
-    over the blocks."""
-    w = np.asarray(w, dtype=np.float64)
-    p, q, b = w.shape
-    M = np.zeros((p * b, q * b), dtype=np.float64)
-    r = np.arange(b)[:, None]
-    s = np.arange(b)[None, :]
-    for i in range(p):
-        for j in range(q):
-            M[i * b:(i + 1) * b, j * b:(j + 1) * b] = w[i, j][(r - s) % b]
-    return M
-
-
 def complex_pair_product_oracle(A, B, conj: bool = False) -> np.ndarray:
     """Packed spectrum of ``A * B`` (``conj(A) * B`` with ``conj``) along the last axis, by
     unpacking to complex (loop-based layout maps), multiplying in complex128 and packing."""

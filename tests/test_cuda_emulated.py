@@ -21,7 +21,7 @@ import pytest
 from cuda_emulation.emulator import (EmulatedModule, EmulationError, KernelLaunchError,
                                      build_module, gxx_unavailable_reason)
 from oracles import (STORAGE_EPS, assert_close, bfloat16_bits_oracle, bfloat16_value_oracle,
-                     block_circulant_dense_oracle, complex_pair_product_oracle,
+                     block_circulant_matrix_oracle, complex_pair_product_oracle,
                      full_spectrum_norm, pack_complex, packed_irfft_oracle, packed_rfft_oracle,
                      row_norms, scale_factor, storage_round_oracle, tolerance,
                      unpack_to_complex)
@@ -689,7 +689,7 @@ def test_bc_accumulate_vs_dense(project, storage, shape, transpose):
     # oracle: time-domain signals whose spectra are exactly the stored values, dense product
     w_used = packed_irfft_oracle(W_in)
     x_used = packed_irfft_oracle(X_in).reshape(tokens, q * b)
-    M = block_circulant_dense_oracle(w_used)
+    M = block_circulant_matrix_oracle(w_used)
     y_t = x_used @ (M if transpose else M.T)
     expected = packed_rfft_oracle(y_t.reshape(tokens, p, b))
     # per pair: sum over the q blocks of |W||X|, q + 3 roundings in the compute type

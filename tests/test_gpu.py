@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import circfft
-from oracles import (STORAGE_EPS, assert_close, block_circulant_dense_oracle,
+from oracles import (STORAGE_EPS, assert_close, block_circulant_matrix_oracle,
                      block_circulant_fold_oracle, circular_convolution_oracle,
                      circular_correlation_oracle, device_packed_rfft_oracle, row_norms,
                      scale_factor, tolerance)
@@ -239,7 +239,7 @@ def test_block_circulant_matmul_dense(b, transpose):
     m, k = 3, 2
     w = rng.standard_normal((m, k, b))
     x = rng.standard_normal((5, 4, (m if transpose else k) * b))
-    D = block_circulant_dense_oracle(w)
+    D = block_circulant_matrix_oracle(w)
     expected = x @ (D if transpose else D.T)
     y = circfft.block_circulant_matmul(cp.asarray(w), cp.asarray(x), transpose=transpose)
     atol = 4 * tolerance(b, np.float64, np.abs(w).sum() * np.abs(x).max() * b)
@@ -312,7 +312,7 @@ def test_torch_cuda_block_circulant_gradients():
     xt = torch.tensor(x, device="cuda", requires_grad=True)
     y = F.block_circulant_matmul(wt, xt)
     (y * torch.tensor(g, device="cuda")).sum().backward()
-    D = block_circulant_dense_oracle(w)
+    D = block_circulant_matrix_oracle(w)
     atol = 4 * tolerance(b, np.float64, np.abs(w).sum() * np.abs(x).max() * b)
     assert_close(y.detach().cpu().numpy(), x @ D.T, atol)
     assert_close(xt.grad.cpu().numpy(), g @ D, atol * np.abs(g).max())
@@ -388,7 +388,7 @@ def test_torch_slot_path_through_registered_kernel(monkeypatch, b, transpose):
     xt = torch.tensor(x, requires_grad=True)
     y = F.block_circulant_matmul(wt, xt, transpose=transpose)
     (y * torch.tensor(g)).sum().backward()
-    D = block_circulant_dense_oracle(w)
+    D = block_circulant_matrix_oracle(w)
     Dm = D.T if transpose else D
     atol = 4 * tolerance(b, np.float64, np.abs(w).sum() * np.abs(x).max() * b)
     assert_close(y.detach().numpy(), x @ Dm.T, atol)

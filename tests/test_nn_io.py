@@ -24,7 +24,7 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 st = pytest.importorskip("safetensors.torch")
 
-from oracles import (assert_close, block_circulant_dense_oracle,  # noqa: E402
+from oracles import (assert_close, block_circulant_matrix_oracle,  # noqa: E402
                      c3a_kernel_to_first_column, fourierft_dense_oracle, tolerance)
 
 import circfft.nn as cnn  # noqa: E402
@@ -163,7 +163,7 @@ def test_c3a_oracle_matches_stock_peft():
     k = torch.randn(3, 2, 8, generator=torch.Generator().manual_seed(1))
     k[0, 0] = torch.eye(8)[1]                   # an impulse block
     dense_peft = get_circulant_fast(k).double().numpy()
-    dense_oracle = block_circulant_dense_oracle(c3a_kernel_to_first_column(k.numpy()))
+    dense_oracle = block_circulant_matrix_oracle(c3a_kernel_to_first_column(k.numpy()))
     assert_close(dense_peft, dense_oracle,
                  3 * tolerance(8, np.float32, float(np.abs(k.numpy()).sum(-1).max())))
 
@@ -318,7 +318,7 @@ def test_circfft_loads_stock_peft_dirs(tmp_path, kind, model_name):
             # exact reindexing, and the update is C3A's dense map (oracle, float64)
             assert np.array_equal(layer.circ_kernel["default"].detach().numpy(),
                                   c3a_kernel_to_first_column(k.numpy()).astype(np.float32))
-            dense = block_circulant_dense_oracle(c3a_kernel_to_first_column(k.numpy())) / \
+            dense = block_circulant_matrix_oracle(c3a_kernel_to_first_column(k.numpy())) / \
                 layer.in_features
             atol = 3 * tolerance(16, np.float32, float(np.abs(dense).sum(1).max()))
         else:

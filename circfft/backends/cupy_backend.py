@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import check_axis, check_norm, check_workers, scale_for
+from .._validation import (check_axis, check_norm, check_workers, scale_for,
+                           strides_self_overlap)
 from ._base import Backend, BackendUnavailable
 from ._cuda_build import (device_limits, get_kernel, kernel_instantiations, padded_size,
                           twiddle_bits, twiddle_table)
@@ -240,13 +241,8 @@ def _same_view(a, b) -> bool:
 
 
 def _internal_overlap(t) -> bool:
-    dims = sorted((abs(s), n) for n, s in zip(t.shape, t.strides) if n > 1)
-    reach = 0
-    for stride, size in dims:
-        if stride <= reach:
-            return True
-        reach += stride * (size - 1)
-    return False
+    """True when distinct indices of ``t`` may share memory (e.g. an expanded view)."""
+    return strides_self_overlap(t.shape, t.strides)
 
 
 # ---------------------------------------------------------------------------------------------

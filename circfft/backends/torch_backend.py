@@ -56,7 +56,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .._validation import check_axis, check_norm, check_workers, scale_for
+from .._validation import (check_axis, check_norm, check_workers, scale_for,
+                           strides_self_overlap)
 from ._base import Backend, BackendUnavailable
 
 __all__ = ["TorchBackend", "set_cuda_kernel", "CHUNK_ELEMENTS"]
@@ -1123,14 +1124,8 @@ def _overlap(a, b) -> bool:
 
 
 def _internal_overlap(t) -> bool:
-    """True when distinct indices of ``t`` may share memory (e.g. an expanded tensor)."""
-    dims = sorted((abs(s), n) for n, s in zip(t.shape, t.stride()) if n > 1)
-    reach = 0
-    for stride, size in dims:
-        if stride <= reach:
-            return True
-        reach += stride * (size - 1)
-    return False
+    """True when distinct indices of ``t`` may share memory (e.g. an expanded view)."""
+    return strides_self_overlap(t.shape, t.stride())
 
 
 # ---------------------------------------------------------------------------------------------
