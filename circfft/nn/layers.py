@@ -25,7 +25,8 @@ Conventions settled here:
   ``CirculantDiagonalAdapter`` with ``factors > 1`` must keep its ``factors - 1`` intermediate
   activations.
 - **Merged route** (`MERGED_ROUTE`).  With one pending `CirculantAdapter` or `FourierFTAdapter`
-  on a plain float32 ``nn.Linear``/``Conv1D`` (no hooks, an ordinary weight tensor), the layer
+  on a plain float32 ``nn.Linear``/``Conv1D`` on the CPU (no hooks, an ordinary weight tensor;
+  on CUDA the separate route runs the circfft CUDA kernels), the layer
   computes ``x (W + dW)^T + bias`` in one matmul (``circfft::block_circulant_linear`` /
   ``circfft::fourierft_linear``); backward rebuilds ``W + dW`` for ``grad x`` and gets the
   kernel / spectrum gradient from the spectra of ``x`` and ``grad y`` without forming
@@ -66,7 +67,7 @@ __all__ = ["AdapterLayer", "CirculantAdapter", "CirculantDiagonalAdapter", "Four
            "LAYER_CLASSES"]
 
 #: Route switch: when True (default), a layer with one pending adapter on a plain float32
-#: ``nn.Linear``/``Conv1D`` computes ``x (W + dW)^T + bias`` in one matmul instead of the base
+#: ``nn.Linear``/``Conv1D`` on the CPU computes ``x (W + dW)^T + bias`` in one matmul instead of the base
 #: matmul plus the structured update (see "Merged route" above).  Per layer it costs the base
 #: layer's two matmuls (forward, grad x), two O(d_out d_in) builds of ``W + dW`` and a kernel
 #: / spectrum gradient from the transforms of ``x`` and ``grad y``: on one CPU core, 1.1-1.4x
@@ -356,7 +357,11 @@ class AdapterLayer(nn.Module):
         """
         base = self.base_layer
         weight = getattr(base, "weight", None)
+        # CPU only: on CUDA the separate route runs the circfft CUDA kernels for every
+        # transform, and the merged route (torch.fft for its small gradient transforms) has
+        # been measured on CPU only.
         if (args or kwargs or not MERGED_ROUTE or x.dtype != torch.float32
+                or x.device.type != "cpu"
                 or type(weight) not in (nn.Parameter, torch.Tensor)
                 or weight.dtype != torch.float32 or weight.device != x.device
                 or base._forward_hooks or base._forward_pre_hooks
