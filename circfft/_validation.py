@@ -128,3 +128,24 @@ def strides_self_overlap(shape, strides) -> bool:
             return True
         reach += stride * (size - 1)
     return False
+
+
+def check_device_out(out, x, dtype, *, array_type, type_name: str, noun: str, hint: str,
+                     self_overlap, overlaps) -> None:
+    """Check a separate ``out`` for the result of transforming ``x`` on a device backend
+    (torch, cupy): type, shape, dtype, device, no internal overlap, no overlap with ``x``.
+    ``self_overlap(a)`` and ``overlaps(a, b)`` are the family's memory tests."""
+    if not isinstance(out, array_type):
+        raise TypeError(f"out must be a {type_name}, got {type(out).__name__}")
+    if out.shape != x.shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected the input's shape "
+                         f"{tuple(x.shape)}")
+    if out.dtype != dtype:
+        raise TypeError(f"out has dtype {out.dtype}, expected {dtype}")
+    if out.device != x.device:
+        raise ValueError(f"out is on {out.device} but x is on {x.device}")
+    if self_overlap(out):
+        raise ValueError(f"out has elements sharing memory ({hint})")
+    if overlaps(out, x):
+        raise ValueError("out overlaps x partially; pass out=x for an in-place transform "
+                         f"or a separate {noun}")

@@ -164,9 +164,13 @@ def test_errors(call, exc, match):
 
 
 def test_error_partial_overlap_and_expanded():
-    buf = torch.zeros(10)
-    with pytest.raises(ValueError, match="overlaps"):
+    buf = torch.arange(10.0)
+    before = buf.clone()
+    with pytest.raises(ValueError, match="overlaps x partially"):
         circfft.rdfft(buf[:8], out=buf[2:])
+    assert torch.equal(buf, before)                     # nothing half-written
+    with pytest.raises(ValueError, match="out has elements sharing memory"):
+        circfft.rdfft(torch.ones(4, 8), out=torch.zeros(1, 8).expand(4, 8))
     e = torch.ones(1, 8).expand(4, 8)
     with pytest.raises(ValueError, match="sharing memory"):
         circfft.rdfft(e, out=e)

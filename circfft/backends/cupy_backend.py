@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import (check_axis, check_norm, check_workers, scale_for,
-                           strides_self_overlap)
+from .._validation import (check_axis, check_device_out, check_norm, check_workers,
+                           scale_for, strides_self_overlap)
 from ._base import Backend, BackendUnavailable
 from ._cuda_build import (device_limits, get_kernel, kernel_instantiations, padded_size,
                           twiddle_bits, twiddle_table)
@@ -293,20 +293,10 @@ class CupyBackend(Backend):
                                      "out=x cannot transform it in place")
                 result = x
             elif out is not None:
-                if not isinstance(out, cupy.ndarray):
-                    raise TypeError(f"out must be a cupy.ndarray, got {type(out).__name__}")
-                if out.shape != x.shape:
-                    raise ValueError(f"out has shape {out.shape}, expected the input's shape "
-                                     f"{x.shape}")
-                if out.dtype != dtype:
-                    raise TypeError(f"out has dtype {out.dtype}, expected {dtype}")
-                if out.device != x.device:
-                    raise ValueError(f"out is on {out.device} but x is on {x.device}")
-                if _internal_overlap(out):
-                    raise ValueError("out has elements sharing memory (a broadcast view?)")
-                if cupy.shares_memory(out, x):
-                    raise ValueError("out overlaps x partially; pass out=x for an in-place "
-                                     "transform or a separate array")
+                check_device_out(out, x, dtype, array_type=cupy.ndarray,
+                                 type_name="cupy.ndarray", noun="array",
+                                 hint="a broadcast view?", self_overlap=_internal_overlap,
+                                 overlaps=cupy.shares_memory)
                 out[...] = x
                 result = out
             elif (overwrite_x and x.dtype == dtype and x.flags.writeable

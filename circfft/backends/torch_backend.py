@@ -56,8 +56,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .._validation import (check_axis, check_norm, check_workers, scale_for,
-                           strides_self_overlap)
+from .._validation import (check_axis, check_device_out, check_norm, check_workers,
+                           scale_for, strides_self_overlap)
 from ._base import Backend, BackendUnavailable
 
 __all__ = ["TorchBackend", "set_cuda_kernel", "CHUNK_ELEMENTS"]
@@ -1180,20 +1180,9 @@ class TorchBackend(Backend):
                                  "out=x cannot transform it in place")
             return self._inplace(x, axis, forward, scale, workers)
         if out is not None:
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
-            if out.shape != x.shape:
-                raise ValueError(f"out has shape {tuple(out.shape)}, expected the input's "
-                                 f"shape {tuple(x.shape)}")
-            if out.dtype != dtype:
-                raise TypeError(f"out has dtype {out.dtype}, expected {dtype}")
-            if out.device != x.device:
-                raise ValueError(f"out is on {out.device} but x is on {x.device}")
-            if _internal_overlap(out):
-                raise ValueError("out has elements sharing memory (an expanded tensor?)")
-            if _overlap(out, x):
-                raise ValueError("out overlaps x partially; pass out=x for an in-place "
-                                 "transform or a separate tensor")
+            check_device_out(out, x, dtype, array_type=torch.Tensor, type_name="torch.Tensor",
+                             noun="tensor", hint="an expanded tensor?",
+                             self_overlap=_internal_overlap, overlaps=_overlap)
             out.copy_(x)
             return self._inplace(out, axis, forward, scale, workers)
         if (overwrite_x and x.dtype == dtype and x.dtype in (torch.float32, torch.float64)
