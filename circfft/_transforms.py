@@ -76,7 +76,10 @@ _NOTES = """
     Power-of-two lengths run in place.  The compiled (numba) backend needs, per worker thread,
     a scratch of ``128 * n`` bytes for ``n <= 2**16`` (two buffers holding 16 float32 or 8
     float64 rows side by side, so that the butterflies run on SIMD lanes) and of two rows
-    (``2 * n`` elements) for longer rows; it never grows with the number of rows.  The numpy
+    (``2 * n`` elements) for longer rows; it never grows with the number of rows.  A calling
+    thread keeps its last scratch of up to 32 MiB for its next call (fresh pages on every call
+    cost 10-15 % at ``n = 2**16``);
+    ``circfft.backends.numba_backend.release_scratch()`` frees it.  The numpy
     reference backend works on blocks of at most ``max(n, 2**16)`` elements.  Other lengths
     (odd ones included) give the exact result in the same layout through `numpy.fft`, on
     blocks of rows, with a temporary of at most ``max(n, 2**16)`` complex elements.  NaN and

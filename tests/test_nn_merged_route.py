@@ -86,7 +86,13 @@ def _run(layer, x, gen):
 
 @pytest.mark.parametrize("kind", ["linear", "linear-nobias", "conv1d"])
 @pytest.mark.parametrize("d_in,d_out,b", [(24, 16, 8), (12, 36, 4), (15, 10, 5), (7, 7, 7)])
-def test_circulant_merged_route_matches_dense_oracle(kind, d_in, d_out, b):
+@pytest.mark.parametrize("pieces", ["whole", "block-rows"])
+def test_circulant_merged_route_matches_dense_oracle(kind, d_in, d_out, b, pieces,
+                                                     monkeypatch):
+    import circfft.backends.torch_backend as tb
+
+    # the circulant blocks added to the merged weight all at once, or one block row at a time
+    monkeypatch.setattr(tb, "MERGED_PIECE_ELEMENTS", 10 ** 9 if pieces == "whole" else 1)
     gen = torch.Generator().manual_seed(d_in * 31 + d_out + b)
     base, W, bias = _base(kind.split("-")[0], d_in, d_out, kind != "linear-nobias", gen)
     layer = cnn.CirculantAdapter(base, b, scale=0.37, init="normal")

@@ -90,3 +90,31 @@ def _numba():
     except ImportError:
         return False
     return True
+
+
+def test_numba_scratch_is_per_thread_and_kept():
+    """Each Python thread keeps its own scratch pair between calls (so concurrent callers
+    never share one), up to KEEP_SCRATCH_BYTES; release_scratch frees it."""
+    pytest.importorskip("numba")
+    from circfft.backends import numba_backend as nb
+
+    def pair_ids(n, dtype, workers):
+        a, b = nb.get_scratch(n, dtype, workers)
+        again = nb.get_scratch(n, dtype, workers)
+        assert again[0] is a and again[1] is b                     # kept for the next call
+        assert a.shape == b.shape == (workers, n * nb.lanes_for(n, dtype))
+        assert not np.shares_memory(a, b)
+        return id(a), id(b)
+
+    mine = pair_ids(1024, np.float32, 2)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        theirs = pool.submit(pair_ids, 1024, np.float32, 2).result()
+    assert set(mine).isdisjoint(theirs)
+    a, _ = nb.get_scratch(1024, np.float32, 2)
+    nb.release_scratch()
+    assert nb.get_scratch(1024, np.float32, 2)[0] is not a
+    big = 1 << 22                                   # one lane: 2 * 2**22 * 8 B > 32 MiB
+    assert 2 * big * nb.lanes_for(big, np.float64) * 8 > nb.KEEP_SCRATCH_BYTES
+    first = nb.get_scratch(big, np.float64, 1)[0]
+    assert nb.get_scratch(big, np.float64, 1)[0] is not first      # not kept
+    nb.release_scratch()

@@ -394,13 +394,16 @@ def unscramble(z, o, m, rev, scale, V):
     """o[p] = scale * conj(Z[rev[p]]) for complex slots p < m: the inverse's output order,
     applying the pending last radix-2 stage of ``fft_dif`` on the way when there is one
     (rev[p + m/2] = rev[p] + 1 for p < m/2: both come from one butterfly).  One contiguous
-    store per slot keeps the lane loop vectorised."""
+    store per slot keeps the lane loop vectorised; the slots are read in order and written
+    in bit-reversed order (0.69 against 0.90 ns per element the other way round at
+    n = 65536, where the scratch outgrows L2)."""
     Vu = u64(V)
     if last_stage_pending(m):
         h = m // 2
         hoff = u64(2 * h) * Vu
-        for pp in range(h):
-            src = u64(rev[pp]) * Vu             # 2 * (rev[p] // 2) * V: rev[p] is even
+        for tt in range(h):                     # source slots in order (see split_pending)
+            pp = rev[2 * tt]                    # rev[pp] = 2t
+            src = u64(2 * tt) * Vu
             d0 = u64(2) * u64(pp) * Vu
             d1 = d0 + hoff
             for vv in range(V):
@@ -414,9 +417,9 @@ def unscramble(z, o, m, rev, scale, V):
                 o[d1 + v] = scale * (ar - br)
                 o[d1 + Vu + v] = -scale * (ai - bi)
         return
-    for pp in range(m):
-        src = u64(2) * u64(rev[pp]) * Vu
-        dst = u64(2) * u64(pp) * Vu
+    for ss in range(m):
+        src = u64(2) * u64(ss) * Vu
+        dst = u64(2) * u64(rev[ss]) * Vu
         for vv in range(V):
             v = u64(vv)
             o[dst + v] = scale * z[src + v]
@@ -444,9 +447,15 @@ def split_pending(z, o, n, tw, rev, scale, V):
         o[Vu + v] = scale * (zr - zi)               # Y_m
         o[u64(2) * Vu + v] = scale * (ar - br)      # Y_{m/2} = conj(Z_{m/2})
         o[u64(3) * Vu + v] = -scale * (ai - bi)
-    for kk in range(1, m // 2):
+    # k in the order of its slot (even p = rev[k] ascending): the reads of Z_k run forwards
+    # and those of Z_{m-k} (rev[m-k] = p XOR (R-1), R the top bit of p) backwards, and only
+    # the group stores jump.  Walking k in order, both reads jumped to bit-reversed places:
+    # 1.25 against 0.9 ns per element once the scratch outgrows L2 (n >= 16384; a
+    # cache-blocked walk in 8x8 tiles, through an L1 tile buffer or not, was no faster).
+    for pp in range(2, m, 2):
+        kk = rev[pp]
         k = u64(kk)
-        pa = u64(rev[kk]) * Vu
+        pa = u64(pp) * Vu
         pb = (u64(rev[m - kk]) - u64(1)) * Vu
         g = u64(4) * k * Vu
         wr = tw[u64(2) * k]
@@ -496,9 +505,10 @@ def split_spectrum(z, o, n, tw, rev, scale, V):
             v = u64(vv)
             o[u64(2) * Vu + v] = scale * z[p + v]
             o[u64(3) * Vu + v] = -scale * z[p + Vu + v]
-    for kk in range(1, (m + 1) // 2):
+    for pp in range(2, m, 2):                   # slot order, as in split_pending
+        kk = rev[pp]
         k = u64(kk)
-        pa = u64(2) * u64(rev[kk]) * Vu
+        pa = u64(2) * u64(pp) * Vu
         pb = u64(2) * u64(rev[m - kk]) * Vu
         g = u64(4) * k * Vu
         wr = tw[u64(2) * k]
@@ -598,15 +608,16 @@ def inverse_block(x, r0, nv, a, b, tw, rev, scale, V):
 
 
 @njit(parallel=True, cache=True, **_JIT)
-def rows_parallel(x, tw, rev, scale, forward, nchunks, lanes):
-    """Transform every row of x in place, blocks of V rows shared among ``nchunks`` threads."""
+def rows_parallel(x, tw, rev, scale, forward, nchunks, sa, sb, lanes):
+    """Transform every row of x in place, blocks of V rows shared among ``nchunks`` threads;
+    thread c works in the scratch rows ``sa[c]`` and ``sb[c]`` (n V elements each)."""
     V = len(lanes)
     rows, n = x.shape
     nblocks = (rows + V - 1) // V
-    nchunks = max(1, min(nchunks, nblocks))
+    nchunks = max(1, min(nchunks, nblocks, sa.shape[0]))
     for c in prange(nchunks):
-        a = np.empty(n * V, dtype=x.dtype)
-        b = np.empty(n * V, dtype=x.dtype)
+        a = sa[c]
+        b = sb[c]
         for blk in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
             r0 = blk * V
             if forward:
@@ -616,12 +627,11 @@ def rows_parallel(x, tw, rev, scale, forward, nchunks, lanes):
 
 
 @njit(nogil=True, cache=True, **_JIT)
-def rows_serial(x, tw, rev, scale, forward, lanes):
-    """Transform every row of x in place on the calling thread (releases the GIL)."""
+def rows_serial(x, tw, rev, scale, forward, a, b, lanes):
+    """Transform every row of x in place on the calling thread (releases the GIL), in the
+    scratch ``a`` and ``b`` (n V elements each)."""
     V = len(lanes)
     rows, n = x.shape
-    a = np.empty(n * V, dtype=x.dtype)
-    b = np.empty(n * V, dtype=x.dtype)
     for r0 in range(0, rows, V):
         if forward:
             forward_block(x, r0, min(V, rows - r0), a, b, tw, rev, scale, V)

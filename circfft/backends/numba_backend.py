@@ -20,12 +20,14 @@ and any strides cost nothing extra.
 ``V`` is 64 bytes of lanes (16 float32 or 8 float64 rows: two AVX2 registers; narrower lane
 loops are not vectorised by LLVM) for ``n <= MAX_LANED_N``; longer rows use one lane.  Scratch
 per worker thread is therefore ``2 * 64 * n`` bytes (at most 8 MiB) for ``n <= 2**16`` and two
-rows (``2 * n`` elements) beyond; it is allocated per call and never grows with the number of
-rows.
+rows (``2 * n`` elements) beyond; it never grows with the number of rows.  Each calling thread
+keeps its last scratch (up to ``KEEP_SCRATCH_BYTES``) for its next call: see ``get_scratch``.
 
 Non-power-of-two lengths go through :func:`numpy_backend.transform_any_length`.
 """
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -48,6 +50,38 @@ def lanes_for(n: int, dtype) -> int:
 def scratch_bytes(n: int, dtype) -> int:
     """Scratch the numba backend allocates per worker thread for length ``n`` (two buffers)."""
     return 2 * n * lanes_for(n, dtype) * np.dtype(dtype).itemsize
+
+
+_scratch = threading.local()
+#: Largest scratch pair kept between calls (two workers' buffers at n = 2**16).
+KEEP_SCRATCH_BYTES = 32 << 20
+
+
+def get_scratch(n: int, dtype, workers: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two scratch buffers, ``(workers, n * V)`` each, of the calling thread.
+
+    A pair of at most ``KEEP_SCRATCH_BYTES`` is kept for the next call from the same thread
+    (one pair per thread, so concurrent callers never share): allocated afresh, the 8 MiB per
+    worker of n = 65536 came back from the kernel as about 2,000 new zeroed pages on every
+    call, 10-15 % of the transform's time.  Larger pairs (one-lane rows beyond 2**16, where
+    the faults are a small part of the work) are freed after the call.
+    :func:`release_scratch` frees the kept pair.
+    """
+    dtype = np.dtype(dtype)
+    shape = (workers, n * lanes_for(n, dtype))
+    pair = getattr(_scratch, "pair", None)
+    if pair is not None and pair[0].shape == shape and pair[0].dtype == dtype:
+        return pair
+    _scratch.pair = None                # free the old pair before allocating the new one
+    pair = (np.empty(shape, dtype), np.empty(shape, dtype))
+    if 2 * pair[0].nbytes <= KEEP_SCRATCH_BYTES:
+        _scratch.pair = pair
+    return pair
+
+
+def release_scratch() -> None:
+    """Free the scratch buffers that the calling thread keeps between calls."""
+    _scratch.pair = None
 
 
 class NumbaBackend(Backend):
@@ -81,12 +115,16 @@ class NumbaBackend(Backend):
         scale = x.dtype.type(scale)
         lanes = (0,) * V
         workers = max(1, min(workers, numba.config.NUMBA_NUM_THREADS))
+        # No more workers than blocks of V rows: each worker's scratch would go unused.
+        workers = max(1, min(workers, -(-(x.size // n) // V)))
+        sa, sb = get_scratch(n, x.dtype, workers)
         if workers > 1:
             # Parallel kernels keep the GIL: numba's workqueue layer is not re-entrant.
             numba.set_num_threads(workers)
             for rows in as_rows(x):
                 K.rows_parallel(rows, plan.twiddles, plan.bitrev, scale, forward,
-                                workers, lanes)
+                                workers, sa, sb, lanes)
         else:
             for rows in as_rows(x):
-                K.rows_serial(rows, plan.twiddles, plan.bitrev, scale, forward, lanes)
+                K.rows_serial(rows, plan.twiddles, plan.bitrev, scale, forward,
+                              sa[0], sb[0], lanes)

@@ -905,12 +905,6 @@ def _bc_backward(ctx, gy, gspec):
 # Only x (the caller's tensor), the frozen weight and the small kernel are saved; the merged
 # weight is rebuilt in backward (a d_out x d_in temporary), so no activation is added.  The
 # kernel gradient comes from the spectra of x and gy (no gy^T x matmul).
-def _circ_index(b, device):
-    """``idx[r, s] = (r - s) % b``: block ``circ(c)`` is ``c[idx]`` (first-column convention)."""
-    r = torch.arange(b, device=device)
-    return (r[:, None] - r[None, :]) % b
-
-
 #: Rows per chunk of the kernel gradient of the merged route bound its spectra to about this
 #: many elements (a fraction of x's size: the route adds no activation-sized temporaries).
 LINEAR_CHUNK_ELEMENTS = 1 << 18
@@ -946,31 +940,33 @@ def _bc_kernel_grad(g2, x2, m, n, b):
     return torch.fft.irfft(torch.view_as_complex(acc), n=b, dim=-1)
 
 
-_dense_index_cache = {}
-
-
-def _dense_index(m, n, b, device):
-    """Flat index of ``w`` for every entry of the dense ``(m*b, n*b)`` matrix: entry
-    ``(i*b + r, j*b + s)`` reads ``w[i, j, (r - s) % b]`` (cached per shape and device: it is
-    as large as the weight, and rebuilding it costs more than the gather)."""
-    key = (m, n, b, str(device))
-    idx = _dense_index_cache.get(key)
-    if idx is None:
-        i = torch.arange(m, device=device)[:, None, None, None]
-        j = torch.arange(n, device=device)[None, None, :, None]
-        idx = ((i * n + j) * b + _circ_index(b, device)[None, :, None, :]).reshape(-1)
-        if len(_dense_index_cache) > 64:
-            _dense_index_cache.clear()
-        _dense_index_cache[key] = idx
-    return idx
+#: The kernel's circulant blocks are added to the merged weight this many elements at a time
+#: (the windows of ``_bc_merged_weight`` are a temporary of that size, not of the weight's).
+MERGED_PIECE_ELEMENTS = 1 << 18
 
 
 def _bc_merged_weight(weight, w, scale):
-    """``weight + scale * C(w)``: one gather of the (small) scaled kernel and one add."""
+    """``weight + scale * C(w)``: one contiguous copy of ``weight``, the blocks added in place.
+
+    ``C[i*b + r, j*b + s] = w[i, j, (r - s) % b]``: with ``P[t] = w[(t + 1) % b]``
+    (t < 2b - 1), row r of a block is the window ``P[r : r + b]`` reversed, so ``unfold``
+    views every window and one ``flip`` copies a few block rows of them out at a time.  This
+    took 0.10 against 0.16 ms for a 384 x 384 weight and 0.19 against 0.52 ms for 384 x 1536
+    than a gather by a cached index (which also kept 8 bytes per weight entry alive).
+    Smaller pieces (2**16 elements), or building and multiplying in block-row pieces to keep
+    even the merged weight out of the peak on small batches, made a step of the demo model
+    on its own 32 x 6 batch 6-10 % slower (per-call overhead of many small ops).
+    """
     m, n, b = w.shape
     ws = w.to(weight.dtype) * scale
-    dense = ws.reshape(-1).index_select(0, _dense_index(m, n, b, w.device))
-    return dense.view(weight.shape).add_(weight)
+    out = weight.clone(memory_format=torch.contiguous_format)
+    blocks = out.view(m, b, n, b)
+    step = max(1, MERGED_PIECE_ELEMENTS // (b * n * b))
+    for i0 in range(0, m, step):
+        blk = ws[i0:i0 + step]
+        C = torch.cat([blk[..., 1:], blk], dim=-1).unfold(-1, b, 1).flip(-1)  # (k, n, b, b)
+        blocks[i0:i0 + step].add_(C.permute(0, 2, 1, 3))
+    return out
 
 
 def _bc_linear_impl(x, weight, bias, w, scale: float):
