@@ -210,13 +210,22 @@ def _backward(ctx, gy):
 # Base layer and FourierFT update in one matmul: y = x (W + dW)^T + bias
 # ---------------------------------------------------------------------------------------------
 # dW = scaling * Re(ifft2(F)) for the real sparse grid F equals scaling * ifft2(H) with the
-# Hermitian (real, point-symmetric) grid H = (F + F[-r, -c]) / 2, so one inverse real 2-d
-# transform of H's half-spectrum builds it.  Its adjoint: for a real G,
+# Hermitian (real, point-symmetric) grid H = (F + F[-r, -c]) / 2, so one real 2-d transform
+# of H builds it (`fourierft_delta_weight`).  Its adjoint: for a real G,
 # d<G, dW>/df_k = (scaling / (d_out d_in)) Re(fft2(G))[rows_k, cols_k], read from rfft2(G)
 # (columns above d_in/2 through Re(fft2 G)[r, c] = Re(fft2 G)[-r, -c]).
 # Only x (the caller's tensor), the frozen weight and the n coefficients are saved; dW is
 # rebuilt in backward, so the route adds no activation memory.
-def _fourierft_dense(spectrum, rows, cols, d_out: int, d_in: int, scaling: float, dtype):
+def fourierft_delta_weight(spectrum, rows, cols, d_out: int, d_in: int, scaling: float,
+                           dtype):
+    """Dense ``dW = scaling * Re(ifft2(F))`` (d_out, d_in) in ``dtype``, ``F[rows_k, cols_k]``
+    = ``spectrum_k`` (repeated positions add), differentiable in ``spectrum``.
+
+    One ``rfft2`` of the Hermitian grid: 0.5 / 1.3 ms for 384 x 384 / 384 x 1536 with
+    n = 1000 on one core, against 1.6 / 5.0 ms for two packed transforms of the grid and
+    0.5 / 5.1 ms for ``ifft2`` of the sparse grid.  The one builder of ``dW``: merging,
+    the merged route, the dense route and `circfft.nn.functional.fourierft_delta_weight`.
+    """
     r = rows.to(torch.int64)
     c = cols.to(torch.int64)
     # H = (F + F[-r, -c]) / 2 by a flat index_add (index_put with accumulate is far slower)
@@ -287,7 +296,8 @@ def _spectrum_grad(g2, x2, rows, cols, scaling: float):
 
 def _merged_weight(weight, spectrum, rows, cols, scaling):
     d_out, d_in = weight.shape
-    return weight + _fourierft_dense(spectrum, rows, cols, d_out, d_in, scaling, weight.dtype)
+    return weight + fourierft_delta_weight(spectrum, rows, cols, d_out, d_in, scaling,
+                                           weight.dtype)
 
 
 def _linear_forward(x, weight, bias, spectrum, rows, cols, scaling):
@@ -391,22 +401,6 @@ def fourierft_apply(x2, spectrum, plan, d_out: int, scaling: float):
     d_in = x2.shape[1]
     return torch.ops.circfft.fourierft(x2, spectrum, src, dst, kidx, coef, int(d_out),
                                        float(scaling) / d_in)
-
-
-def fourierft_delta_weight(spectrum, plan, d_out: int, d_in: int, scaling: float, dtype):
-    """Dense ``dW = scaling * Re(ifft2(F))`` (d_out, d_in) from the same plan, no complex.
-
-    ``dW = (scaling/d_in) irdfft_0(M(f) R)`` with ``R`` the rdfft matrix; the rows of ``M R``
-    are ``R^T m = B D m`` (DESIGN §2), so two transforms of a ``d_out x d_in`` matrix build it.
-    Differentiable in ``spectrum`` (the transforms and ``index_put`` carry autograd).
-    """
-    src, dst, kidx, coef = plan
-    vals = spectrum.to(dtype)[kidx] * coef.to(dtype)
-    M = torch.zeros((d_out, d_in), dtype=dtype, device=spectrum.device)
-    M = M.index_put((dst, src), vals, accumulate=True)
-    ops = torch.ops.circfft
-    MR = ops.transform(M, 1, False, 1.0, 1, True)                    # rows: B D m
-    return ops.transform(MR, 0, False, float(scaling) / (d_in * d_out), 1, False)
 
 
 #: Dense (matmul) flops are counted at this fraction in `choose_route`: a BLAS matmul runs

@@ -356,8 +356,7 @@ def fourierft_delta_weight(spectrum, rows, cols, out_features, in_features, scal
     -------
     dW : Tensor, shape (out_features, in_features)
         In the dtype of ``spectrum`` (float32 for float16/bfloat16); differentiable in
-        ``spectrum``.  Built with two packed transforms of an ``out x in`` matrix (no complex
-        intermediates).
+        ``spectrum``.  Built with one real 2-d transform of the grid's Hermitian part.
 
     Examples
     --------
@@ -372,9 +371,9 @@ def fourierft_delta_weight(spectrum, rows, cols, out_features, in_features, scal
         raise ValueError(f"in_features must be a positive int, got {in_features!r}")
     rows, cols, out_features, scaling = _fourierft_args(spectrum, rows, cols, out_features,
                                                         in_features, scaling)
-    plan = _fft.fourierft_plan(rows, cols, out_features, in_features)
     cd = _fft._compute_dtype(spectrum.dtype)
-    return _fft.fourierft_delta_weight(spectrum, plan, out_features, in_features, scaling, cd)
+    return _fft.fourierft_delta_weight(spectrum, rows, cols, out_features, in_features, scaling,
+                                       cd)
 
 
 def fourierft_matmul(x, spectrum, rows, cols, out_features, scaling, *, route="auto"):
@@ -399,7 +398,7 @@ def fourierft_matmul(x, spectrum, rows, cols, out_features, scaling, *, route="a
     route : {"auto", "fft", "dense"}, optional
         ``"fft"``: one packed transform of each row, ``2n`` gathered multiply-adds and one
         inverse transform, ``tokens * (in log in + out log out + 2n)`` flops, nothing built.
-        ``"dense"``: build ``dW`` with two transforms and multiply
+        ``"dense"``: build ``dW`` with one real 2-d transform and multiply
         (``out*in*(log out + log in) + tokens*out*in``).  ``"auto"`` picks the smaller count,
         the dense one weighted by ``circfft.nn._fourierft.DENSE_FLOP_WEIGHT`` (BLAS runs more
         flops per second than transforms and gathers).
@@ -450,11 +449,11 @@ def fourierft_matmul(x, spectrum, rows, cols, out_features, scaling, *, route="a
     tokens = x.numel() // max(d_in, 1)
     if route == "auto":
         route = _fft.choose_route(tokens, d_out, d_in, spectrum.shape[0])
-    plan = _fft.fourierft_plan(rows, cols, d_out, d_in)
     if route == "dense":
         cd = _fft._compute_dtype(x.dtype, spectrum.dtype)
-        dW = _fft.fourierft_delta_weight(spectrum, plan, d_out, d_in, scaling, cd)
+        dW = _fft.fourierft_delta_weight(spectrum, rows, cols, d_out, d_in, scaling, cd)
         return torch.nn.functional.linear(x.to(cd), dW)
+    plan = _fft.fourierft_plan(rows, cols, d_out, d_in)
     x2 = x.reshape(-1, d_in)
     if not x2.is_contiguous():
         x2 = x2.contiguous()

@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from . import functional as F
+from ._fourierft import fourierft_delta_weight as _fourierft_delta_weight
 from ._fourierft import fourierft_linear as _fourierft_linear
 from .config import (AdapterConfig, CirculantConfig, CirculantDiagonalConfig,
                      FourierFTConfig)
@@ -67,9 +68,10 @@ __all__ = ["AdapterLayer", "CirculantAdapter", "CirculantDiagonalAdapter", "Four
            "LAYER_CLASSES"]
 
 #: Route switch: when True (default), a layer with one pending adapter on a plain float32
-#: ``nn.Linear``/``Conv1D`` on the CPU computes ``x (W + dW)^T + bias`` in one matmul instead of the base
-#: matmul plus the structured update (see "Merged route" above).  Per layer it costs the base
-#: layer's two matmuls (forward, grad x), two O(d_out d_in) builds of ``W + dW`` and a kernel
+#: ``nn.Linear``/``Conv1D`` on the CPU computes ``x (W + dW)^T + bias`` in one matmul instead
+#: of the base matmul plus the structured update (see "Merged route" above).  Per layer it
+#: costs the base layer's two matmuls (forward, grad x), two O(d_out d_in) builds of
+#: ``W + dW`` and a kernel
 #: / spectrum gradient from the transforms of ``x`` and ``grad y``: on one CPU core, 1.1-1.4x
 #: the base layer alone at 200-2000 tokens of MiniLM's layers, 1.4-2.5x faster than the
 #: separate route (the registered ops call the torch backend, loaded by ``._fourierft``).
@@ -145,13 +147,6 @@ def _bc_matmul(w, x):
 
 def _cd_matmul(a, w, g, x):
     return F.circulant_diagonal_matmul(a, w, g, x, save_input=True)
-
-
-def _fourierft_dense(spectrum, rows, cols, out_features, in_features, scaling):
-    """PEFT's ``dW = scaling * Re(ifft2(F))``, float32, shape (out, in), for merging."""
-    grid = torch.zeros(out_features, in_features, dtype=torch.float32, device=spectrum.device)
-    grid[rows, cols] = spectrum.to(torch.float32)
-    return torch.fft.ifft2(grid).real * scaling
 
 
 def _fft_flops(n: int) -> float:
@@ -691,8 +686,9 @@ class FourierFTAdapter(AdapterLayer):
     def delta_weight(self, name):
         self._check_name(name, must_exist=True)
         rows, cols = self.positions(name)
-        return _fourierft_dense(self.fourierft_spectrum[name], rows, cols, self.out_features,
-                                self.in_features, self.configs[name].scaling)
+        return _fourierft_delta_weight(self.fourierft_spectrum[name], rows, cols,
+                                       self.out_features, self.in_features,
+                                       float(self.configs[name].scaling), torch.float32)
 
     def adapter_cost(self, name):
         n = self.configs[name].n_frequency
