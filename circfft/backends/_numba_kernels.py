@@ -1,6 +1,6 @@
 """Numba kernels of the CPU backend (imported only when the numba backend is used).
 
-See :mod:`circfft.backends.numba_backend` for the design.  Three details matter for speed:
+See :mod:`circfft.backends.numba_backend` for the design.  These details matter for speed:
 
 * The complex FFT is the constant-geometry (Pease) form of the radix-2 decimation-in-frequency
   FFT, radix-4 stages fused: every stage reads the four quarters of one buffer and writes each
@@ -427,6 +427,22 @@ def unscramble(z, o, m, rev, scale, V):
 
 
 @njit(**_INLINE)
+def split_group(ar, ai, br, bi, wr, wi, half, o, g, Vu):
+    """One lane of group k of the split: Z_k = A, Z_{m-k} = B, W^k = w; writes Re Y_k,
+    Im Y_k, Re Y_{m-k}, Im Y_{m-k} at o[g], o[g + V], o[g + 2V], o[g + 3V]."""
+    er = ar + br            # 2E = A + conj(B)
+    ei = ai - bi
+    orr = ai + bi           # 2O = -i (A - conj(B))
+    oi = br - ar
+    tr = orr * wr - oi * wi  # 2T = W^k 2O
+    ti = orr * wi + oi * wr
+    o[g] = half * (er + tr)                 # Y_k = E + T
+    o[g + Vu] = half * (ei + ti)
+    o[g + u64(2) * Vu] = half * (er - tr)   # Y_{m-k} = conj(E - T)
+    o[g + u64(3) * Vu] = half * (ti - ei)
+
+
+@njit(**_INLINE)
 def split_pending(z, o, n, tw, rev, scale, V):
     """``split_spectrum`` when ``fft_dif`` left its last radix-2 stage pending: Z_k for
     0 < k < m/2 sits at an even slot (z[t] + z[t + m/2], t = rev[k] / 2) and Z_{m-k} at an odd
@@ -462,20 +478,9 @@ def split_pending(z, o, n, tw, rev, scale, V):
         wi = tw[u64(2) * k + u64(1)]
         for vv in range(V):
             v = u64(vv)
-            ar = z[pa + v] + z[pa + hoff + v]
-            ai = z[pa + Vu + v] + z[pa + hoff + Vu + v]
-            br = z[pb + v] - z[pb + hoff + v]
-            bi = z[pb + Vu + v] - z[pb + hoff + Vu + v]
-            er = ar + br            # 2E = A + conj(B)
-            ei = ai - bi
-            orr = ai + bi           # 2O = -i (A - conj(B))
-            oi = br - ar
-            tr = orr * wr - oi * wi  # 2T = W^k 2O
-            ti = orr * wi + oi * wr
-            o[g + v] = half * (er + tr)                 # Y_k = E + T
-            o[g + Vu + v] = half * (ei + ti)
-            o[g + u64(2) * Vu + v] = half * (er - tr)   # Y_{m-k} = conj(E - T)
-            o[g + u64(3) * Vu + v] = half * (ti - ei)
+            split_group(z[pa + v] + z[pa + hoff + v], z[pa + Vu + v] + z[pa + hoff + Vu + v],
+                        z[pb + v] - z[pb + hoff + v], z[pb + Vu + v] - z[pb + hoff + Vu + v],
+                        wr, wi, half, o, g + v, Vu)
 
 
 @njit(**_INLINE)
@@ -515,20 +520,8 @@ def split_spectrum(z, o, n, tw, rev, scale, V):
         wi = tw[u64(2) * k + u64(1)]
         for vv in range(V):
             v = u64(vv)
-            ar = z[pa + v]
-            ai = z[pa + Vu + v]
-            br = z[pb + v]
-            bi = z[pb + Vu + v]
-            er = ar + br            # 2E = A + conj(B)
-            ei = ai - bi
-            orr = ai + bi           # 2O = -i (A - conj(B))
-            oi = br - ar
-            tr = orr * wr - oi * wi  # 2T = W^k 2O
-            ti = orr * wi + oi * wr
-            o[g + v] = half * (er + tr)                 # Y_k = E + T
-            o[g + Vu + v] = half * (ei + ti)
-            o[g + u64(2) * Vu + v] = half * (er - tr)   # Y_{m-k} = conj(E - T)
-            o[g + u64(3) * Vu + v] = half * (ti - ei)
+            split_group(z[pa + v], z[pa + Vu + v], z[pb + v], z[pb + Vu + v],
+                        wr, wi, half, o, g + v, Vu)
 
 
 @njit(**_INLINE)

@@ -74,7 +74,7 @@ def get_scratch(n: int, dtype, workers: int) -> tuple[np.ndarray, np.ndarray]:
         return pair
     _scratch.pair = None                # free the old pair before allocating the new one
     pair = (np.empty(shape, dtype), np.empty(shape, dtype))
-    if 2 * pair[0].nbytes <= KEEP_SCRATCH_BYTES:
+    if workers * scratch_bytes(n, dtype) <= KEEP_SCRATCH_BYTES:
         _scratch.pair = pair
     return pair
 
@@ -114,9 +114,9 @@ class NumbaBackend(Backend):
         V = lanes_for(n, x.dtype)
         scale = x.dtype.type(scale)
         lanes = (0,) * V
-        workers = max(1, min(workers, numba.config.NUMBA_NUM_THREADS))
-        # No more workers than blocks of V rows: each worker's scratch would go unused.
-        workers = max(1, min(workers, -(-(x.size // n) // V)))
+        # No more workers than threads, nor than blocks of V rows (an idle worker's scratch
+        # would go unused).
+        workers = max(1, min(workers, numba.config.NUMBA_NUM_THREADS, -(-(x.size // n) // V)))
         sa, sb = get_scratch(n, x.dtype, workers)
         if workers > 1:
             # Parallel kernels keep the GIL: numba's workqueue layer is not re-entrant.
