@@ -16,6 +16,7 @@ from circfft.nn import functional as F  # noqa: E402
 from circfft.nn import _fourierft  # noqa: E402
 from oracles import (TOL_C, assert_close, fourierft_matmul_tolerance,  # noqa: E402
                      peft_fourierft_delta_weight_oracle, peft_fourierft_positions)
+from _autograd_spy import saved_tensors  # noqa: E402
 
 SIZES = [(384, 384), (384, 1536), (1536, 384), (5, 7)]
 ROUTES = ["fft", "dense"]
@@ -202,8 +203,7 @@ def test_fft_route_saves_only_x():
     rows, cols, f, x = _case(64, 48, 200, tokens=(32,))
     x.requires_grad_()
     f.requires_grad_()
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+    with saved_tensors() as saved:
         y = F.fourierft_matmul(x, f, rows, cols, 64, SCALING, route="fft")
     big = [t for t in saved if t.numel() >= x.numel()]
     assert len(big) == 1 and big[0].untyped_storage().data_ptr() == \

@@ -21,6 +21,7 @@ from oracles import (adapter_update_tolerance, assert_close,  # noqa: E402
 
 import circfft.nn as cnn  # noqa: E402
 from circfft.nn.layers import default_block_size, valid_block_sizes  # noqa: E402
+from _autograd_spy import saved_tensors  # noqa: E402
 
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -531,13 +532,7 @@ def test_forward_saves_nothing_of_x_size_beyond_x(kind):
              "circulant_diagonal": lambda: cnn.CirculantDiagonalAdapter(base, 16),
              "fourierft": lambda: cnn.FourierFTAdapter(base, n_frequency=100)}[kind]()
     x = torch.randn(8, 32, d, requires_grad=True)
-    saved = []
-
-    def pack(t):
-        saved.append(t)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_tensors() as saved:
         y = layer(x)
     big = [t for t in saved if t.numel() >= x.numel() and t.data_ptr() != x.data_ptr()]
     assert not big, [(tuple(t.shape), t.dtype) for t in big]

@@ -21,6 +21,7 @@ from oracles import (assert_close, block_circulant_fold_oracle,  # noqa: E402
 import circfft.nn as cnn  # noqa: E402
 import circfft.nn._fourierft as _fft  # noqa: E402
 import circfft.nn.layers as layers  # noqa: E402
+from _autograd_spy import saved_tensors  # noqa: E402
 
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -207,13 +208,7 @@ def test_merged_route_saves_only_x_and_small_tensors(make):
     base = torch.nn.Linear(32, 16)
     layer = make(base)
     x = torch.randn(64, 32, requires_grad=True)              # tokens > d_out, d_in
-    saved = []
-
-    def pack(t):
-        saved.append(t)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_tensors() as saved:
         y = layer(x)
     big = [t for t in saved if t.numel() >= x.numel()]
     assert all(t.data_ptr() == x.data_ptr() for t in big), [tuple(t.shape) for t in big]

@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from circfft.nn import functional as F  # noqa: E402
+from _autograd_spy import saved_tensors  # noqa: E402
 
 # (kernel shape, transpose): several blocks, one block (the packed-rows path), odd b, b = 1
 CASES = [((2, 3, 4), False), ((2, 3, 4), True), ((1, 1, 16), False), ((1, 1, 9), True),
@@ -96,8 +97,7 @@ def test_gradcheck(shape, transpose):
 
 def _saved_activations(fn, x, *params):
     """Saved tensors of at least x's size, split into (x's own storage, new buffers)."""
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+    with saved_tensors() as saved:
         y = fn(x, *params)
     ptr = x.untyped_storage().data_ptr()
     big = [t for t in saved if t.numel() * t.element_size() >= x.numel() * x.element_size()]
