@@ -1,7 +1,7 @@
-"""Command line: ``python -m circfft {info,bench} ...`` (also installed as ``circfft``).
+"""Command line: ``python -m circfft {info,bench,demo} ...`` (also installed as ``circfft``).
 
-The implementation lives in :mod:`circfft._cli` (argument parsing, ``info``) and
-:mod:`circfft._bench` (``bench``); both import heavy libraries only when a command needs them.
+The tools live in :mod:`circfft._cli`, apart from the library; they import heavy libraries only
+when a command needs them.
 """
 from __future__ import annotations
 

@@ -124,3 +124,20 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="nvcc not found (PATH, CUDA_HOME, /usr/local/cuda)")
         for item in nvcc_items:
             item.add_marker(skip)
+
+
+def require(module_name: str):
+    """Import and return ``module_name``; if it is missing, skip the calling test (or module).
+
+    Under ``CI=true`` a missing module fails instead of skipping: CI installs every package the
+    tests import this way, so a skip there would hide a broken environment.
+    """
+    import importlib
+
+    if os.environ.get("CI") != "true":
+        return pytest.importorskip(module_name)
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(f"CI=true: {module_name} is installed by CI but does not import "
+                          f"({exc})") from exc

@@ -118,16 +118,45 @@ def test_benchmark_runs_once(owner, name, params):
             teardown(*params)
 
 
-def test_smoke_regex_selects_a_small_subset():
-    """The CI smoke regex (see the asv section of the README/Makefile) picks 2 per method."""
+def _makefile_variable(name: str) -> str:
+    """The value of ``NAME := value`` in the Makefile, as the recipe passes it to the shell."""
+    makefile = (ASV_DIR.parent / "Makefile").read_text()
+    match = re.search(rf"^{name}\s*:=\s*(.*?)\s*$", makefile, flags=re.MULTILINE)
+    assert match, f"{name} is not set in the Makefile"
+    return match.group(1)
+
+
+def _asv_names(owner, label, fn):
+    """Every parameter combination's name as asv matches ``--bench`` against it."""
+    params = owner.params if isinstance(owner.params[0], (list, tuple)) else [owner.params]
+    return [(combo, f"{label}.{fn}({', '.join(map(repr, combo))})")
+            for combo in itertools.product(*params)]
+
+
+def test_makefile_smoke_selection_runs_every_method_once_per_direction():
+    """``make asv-check`` runs ``asv run --bench "$(ASV_SMOKE)"``: as the Makefile says, every
+    method (each backend and each peer) once, forward and inverse, at one size, in float32 --
+    and only a small share of the whole suite."""
+    regex = _makefile_variable("ASV_SMOKE")
+    # the recipe puts the value in double quotes, which the shell passes on unchanged unless it
+    # holds $, `, " or a doubled backslash
+    assert not re.search(r'[$`"]|\\\\', regex), regex
     from benchmarks import transforms
 
-    regex = r"transforms\..*\(.*, 64, 'float32', 'forward'\)"
-    picked = []
     for cls in (transforms.Circfft, transforms.Peers):
+        methods, sizes, dtypes, directions = cls.params
         for fn in ("time_transform", "peakmem_transform"):
-            for combo in itertools.product(*cls.params):
-                name = f"transforms.{cls.__name__}.{fn}({', '.join(map(repr, combo))})"
-                if re.search(regex, name):
-                    picked.append(name)
-    assert len(picked) == 2 * (len(transforms.Circfft.params[0]) + len(transforms.Peers.params[0]))
+            picked = [combo for combo, name in _asv_names(cls, f"transforms.{cls.__name__}", fn)
+                      if re.search(regex, name)]
+            assert sorted(picked) == sorted((m, min(sizes), "float32", d)
+                                            for m in methods for d in directions), (cls, fn)
+    selected = total = 0
+    benchmarks = {case.values[:2] for case in CASES}        # (owner, function name) pairs
+    for owner, fn in benchmarks:
+        if not inspect.isclass(owner) or not getattr(owner, "params", None):
+            continue
+        label = f"{owner.__module__.partition('.')[2]}.{owner.__name__}"
+        names = [name for _, name in _asv_names(owner, label, fn)]
+        total += len(names)
+        selected += sum(bool(re.search(regex, name)) for name in names)
+    assert 0 < selected <= total // 4, (selected, total)

@@ -16,7 +16,7 @@ by the call, divided by its time: ``2 * nbytes`` for an in-place transform) and 
 memory of one call, ``torch.cuda.max_memory_allocated`` minus the memory allocated before it
 (peak statistics reset before each case).  So that cupy's allocations (cuFFT work areas, the
 CUDA kernels' work buffer for long rows) are counted too, cupy allocates through torch's
-caching allocator for the duration of the benchmark.
+caching allocator for the duration of the benchmark (:class:`.measure.PeakMemory`, ``"cuda"``).
 """
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ import argparse
 import json
 import statistics
 import sys
+
+from .measure import PeakMemory, cuda_event_seconds, format_row, mib
+from .options import check_outputs
 
 __all__ = ["main", "build_parser"]
 
@@ -79,28 +82,10 @@ def _use_torch_allocator(torch, cupy):
 
 
 def _time(torch, fn, repeat, warmup):
+    """Median seconds of ``repeat`` calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e-3)
-    return statistics.median(times)
-
-
-def _peak(torch, fn):
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    out = fn()
-    torch.cuda.synchronize()
-    extra = torch.cuda.max_memory_allocated() - base
-    del out
-    return extra
+    return statistics.median(cuda_event_seconds(torch, fn) for _ in range(repeat))
 
 
 def _cases(torch, cupy, method, x, n):
@@ -127,8 +112,21 @@ def _cases(torch, cupy, method, x, n):
             ("inverse", lambda: cupy.fft.irfft(Xc, n), half + nbytes)]
 
 
+#: Columns of the report: (header, width, left-aligned).
+COLUMNS = [("n", 7, False), ("method", 13, True), ("dir", 8, True), ("time ms", 9, False),
+           ("ps/elem", 8, False), ("GB/s", 8, False), ("extra peak MiB", 15, False)]
+
+
+def _line(cells) -> str:
+    return format_row(cells, [w for _, w, _ in COLUMNS],
+                      {i for i, (_, _, left) in enumerate(COLUMNS) if left}, sep=" ")
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the GPU transform benchmark with command-line options ``argv``; return the status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_outputs(parser, files={"--json": args.json})
     libs, reason = _gpu_or_reason()
     if libs is None:
         print(f"bench --device cuda: no GPU to run on: {reason}", file=sys.stderr)
@@ -143,8 +141,8 @@ def main(argv=None) -> int:
     dtype = getattr(torch, args.dtype)
     print(f"device: {torch.cuda.get_device_name()}, {args.dtype}, {args.elements} elements "
           f"per call, median of {args.repeat}")
-    print(f"{'n':>7} {'method':<13} {'dir':<8} {'time ms':>9} {'ps/elem':>8} {'GB/s':>8} "
-          f"{'extra peak MiB':>15}")
+    print(_line([header for header, _, _ in COLUMNS]))
+    memory = PeakMemory("cuda")
     results = []
     for n in args.sizes:
         rows = args.elements // n
@@ -153,14 +151,14 @@ def main(argv=None) -> int:
             with cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
                 for direction, fn, moved in _cases(torch, cupy, method, x, n):
                     t = _time(torch, fn, args.repeat, args.warmup)
-                    extra = _peak(torch, fn)
+                    extra = memory.measure(fn)
                     row = {"n": n, "rows": rows, "method": method, "direction": direction,
                            "seconds": t, "ps_per_element": t / x.numel() * 1e12,
                            "bandwidth_GBps": moved / t / 1e9, "extra_peak_bytes": extra}
                     results.append(row)
-                    print(f"{n:>7} {method:<13} {direction:<8} {t * 1e3:>9.3f} "
-                          f"{row['ps_per_element']:>8.2f} {row['bandwidth_GBps']:>8.0f} "
-                          f"{extra / 2**20:>15.1f}", flush=True)
+                    print(_line([str(n), method, direction, f"{t * 1e3:.3f}",
+                                 f"{row['ps_per_element']:.2f}", f"{row['bandwidth_GBps']:.0f}",
+                                 mib(extra)]), flush=True)
             del x
             torch.cuda.empty_cache()
     if args.json:

@@ -1,4 +1,4 @@
-"""``python -m circfft bench``: circfft's transforms against the usual real FFTs.
+"""``python -m circfft bench``: circfft's transforms timed against the usual real FFTs.
 
 What is measured, for every method, direction, dtype, length ``n`` and worker count:
 
@@ -12,8 +12,8 @@ What is measured, for every method, direction, dtype, length ``n`` and worker co
   the RSS just before the call, after ``gc.collect()`` and ``malloc_trim(0)`` so that memory
   reused from the allocator's free lists shows up.  This counts numba's allocations, which
   ``tracemalloc`` cannot see; where ``/proc`` is unavailable ``tracemalloc`` is used instead and
-  the table says so.  The call's result is alive when the peak is read, so an out-of-place
-  method's output counts.
+  the table says so (:class:`.measure.PeakMemory`).  The call's result is alive when the peak
+  is read, so an out-of-place method's output counts.
 
 Methods (``--methods``):
 
@@ -29,7 +29,6 @@ Methods (``--methods``):
 from __future__ import annotations
 
 import gc
-import importlib.util
 import json
 import math
 import os
@@ -39,7 +38,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["add_arguments", "run", "METHODS", "PeakMemory", "format_table"]
+from .info import dist_version, importable
+from .measure import PeakMemory, Profiles, progress_bar, render_table, time_call
+
+__all__ = ["add_arguments", "run", "METHODS", "method_available", "measure_case",
+           "format_table", "format_ratio_table", "plot"]
 
 #: Method names in table order; the first available of BASELINES is the ratio's denominator.
 METHODS = ("circfft:numba", "circfft:numpy", "scipy.fft", "numpy.fft", "scipy.fftpack",
@@ -47,10 +50,12 @@ METHODS = ("circfft:numba", "circfft:numpy", "scipy.fft", "numpy.fft", "scipy.ff
 BASELINES = ("scipy.fft", "numpy.fft")
 DIRECTIONS = {"rdfft": "forward", "irdfft": "inverse"}
 
-FULL = dict(sizes=[4 ** k for k in range(3, 9)], elements=1 << 22, repeat=7, warmup=2,
-            dtype=["float32", "float64"], workers=None)
-QUICK = dict(sizes=[256, 4096, 65536], elements=1 << 20, repeat=3, warmup=1,
-             dtype=["float32"], workers=None)
+#: Settings of a full run and of ``--quick`` (workers None: 1 and ``os.cpu_count()``).
+SETTINGS = Profiles(
+    full=dict(sizes=[4 ** k for k in range(3, 9)], elements=1 << 22, repeat=7, warmup=2,
+              dtype=["float32", "float64"], workers=None),
+    quick=dict(sizes=[256, 4096, 65536], elements=1 << 20, repeat=3, warmup=1,
+               dtype=["float32"], workers=None))
 
 
 def _default_workers() -> list[int]:
@@ -84,89 +89,6 @@ def add_arguments(p) -> None:
                    help="draw time per element and extra memory against n (matplotlib)")
     p.add_argument("--json", metavar="FILE", help="save the raw results as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    p.add_argument("--ops", action="store_true",
-                   help="run the operator benchmarks of circfft._bench_ops instead "
-                        "(unrecognised options are passed to it as args.extra_argv)")
-
-
-# --------------------------------------------------------------------------------------------
-# Peak memory
-
-
-class PeakMemory:
-    """Extra peak memory of one call: peak RSS on Linux, ``tracemalloc`` elsewhere."""
-
-    def __init__(self, force_tracemalloc: bool = False):
-        self._trim = None
-        self.kind = "tracemalloc"
-        if not force_tracemalloc and self._rss_works():
-            self.kind = "rss"
-            try:
-                import ctypes
-
-                libc = ctypes.CDLL("libc.so.6")
-                self._trim = libc.malloc_trim
-            except (OSError, AttributeError):
-                self._trim = None
-
-    @property
-    def description(self) -> str:
-        if self.kind == "rss":
-            trim = " and malloc_trim(0)" if self._trim else ""
-            return ("peak RSS: VmHWM after resetting it via /proc/self/clear_refs, minus VmRSS "
-                    f"before the call (after gc.collect(){trim}); counts numba's allocations")
-        return ("tracemalloc peak during the call (Python/numpy allocations only; numba's "
-                "and torch's allocations are invisible to it)")
-
-    @staticmethod
-    def _status_kib(field: str) -> int:
-        with open("/proc/self/status") as f:
-            for row in f:
-                if row.startswith(field + ":"):
-                    return int(row.split()[1])
-        raise KeyError(field)
-
-    @classmethod
-    def _rss_works(cls) -> bool:
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            cls._status_kib("VmHWM")
-            cls._status_kib("VmRSS")
-            return True
-        except (OSError, KeyError, ValueError):
-            return False
-
-    def measure(self, fn, prepare=None) -> int:
-        """Bytes allocated at the peak of ``fn()`` beyond what was resident before it."""
-        if prepare is not None:
-            prepare()
-        gc.collect()
-        if self.kind == "rss":
-            if self._trim is not None:
-                self._trim(0)
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            before = self._status_kib("VmRSS")
-            result = fn()
-            peak = self._status_kib("VmHWM")
-            del result
-            return max(0, peak - before) * 1024
-        import tracemalloc
-
-        started = not tracemalloc.is_tracing()
-        if started:
-            tracemalloc.start()
-        try:
-            tracemalloc.reset_peak()
-            before = tracemalloc.get_traced_memory()[0]
-            result = fn()
-            peak = tracemalloc.get_traced_memory()[1]
-            del result
-        finally:
-            if started:
-                tracemalloc.stop()
-        return max(0, peak - before)
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,7 +98,7 @@ class PeakMemory:
 def method_available(name: str) -> str | None:
     """None if ``name`` can run here, else the reason it cannot."""
     if name.startswith("circfft:"):
-        from .backends import get_backend
+        from circfft.backends import get_backend
 
         try:
             get_backend(name.partition(":")[2])    # loads only this backend
@@ -184,7 +106,7 @@ def method_available(name: str) -> str | None:
             return str(exc)
         return None
     module = name.partition(".")[0]
-    if importlib.util.find_spec(module) is None:
+    if not importable(module):
         return f"{module} is not installed"
     return None
 
@@ -293,8 +215,9 @@ class Result:
     error: str = ""
 
 
-def measure(method, direction, dtype, n, rows, workers, *, repeat, warmup, memory,
-            sources=None) -> Result:
+def measure_case(method, direction, dtype, n, rows, workers, *, repeat, warmup, memory,
+                 sources=None) -> Result:
+    """Time (median of ``repeat`` calls after ``warmup``) and extra peak memory of one case."""
     import numpy as np
 
     res = Result(method, direction, dtype, n, rows, workers)
@@ -306,12 +229,10 @@ def measure(method, direction, dtype, n, rows, workers, *, repeat, warmup, memor
     try:
         for i in range(warmup + repeat):
             case.refill()
-            t0 = time.perf_counter()
-            out = case.call()
-            t1 = time.perf_counter()
+            out, seconds = time_call(case.call)
             del out
             if i >= warmup:
-                res.times_s.append(t1 - t0)
+                res.times_s.append(seconds)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -322,36 +243,8 @@ def measure(method, direction, dtype, n, rows, workers, *, repeat, warmup, memor
     return res
 
 
-def _progress(total, disable):
-    """A tqdm bar on stderr, or a stand-in with the same methods when tqdm is missing."""
-    if not disable:
-        try:
-            from tqdm import tqdm
-
-            return tqdm(total=total, file=sys.stderr, unit="case", dynamic_ncols=True,
-                        leave=False)
-        except ImportError:
-            pass
-
-    class _NoBar:
-        def update(self, k=1):
-            pass
-
-        def set_description_str(self, s, refresh=True):
-            pass
-
-        def close(self):
-            pass
-
-    return _NoBar()
-
-
 def _settings(args) -> dict:
-    profile = QUICK if args.quick else FULL
-    s = {}
-    for key in ("sizes", "elements", "repeat", "warmup", "dtype", "workers"):
-        value = getattr(args, key, None)
-        s[key] = profile[key] if value is None else value
+    s = SETTINGS.settings(args.quick, **{key: getattr(args, key, None) for key in SETTINGS.full})
     if s["workers"] is None:
         s["workers"] = _default_workers()
     for key in ("sizes", "workers"):
@@ -390,14 +283,14 @@ def run(args) -> int:
             for m in methods for d in s["directions"]]
     sources = Sources()
     results = []
-    bar = _progress(len(plan), args.no_progress)
+    bar = progress_bar(len(plan), enabled=not args.no_progress, unit="case", leave=False)
     try:
         for dt, w, n, m, d in plan:
             rows = max(1, s["elements"] // n)
             bar.set_description_str(f"{m} {d} {dt} n={n} w={w}")
             try:
-                r = measure(m, d, dt, n, rows, w, repeat=s["repeat"], warmup=s["warmup"],
-                            memory=memory, sources=sources)
+                r = measure_case(m, d, dt, n, rows, w, repeat=s["repeat"],
+                                 warmup=s["warmup"], memory=memory, sources=sources)
             except Exception as exc:   # keep going; reported below and in the exit status
                 r = Result(m, d, dt, n, rows, w, error=f"{type(exc).__name__}: {exc}")
             results.append(r)
@@ -436,13 +329,12 @@ def run(args) -> int:
 def _meta(args, s, baseline, memory, skipped) -> dict:
     import numpy as np
 
-    from . import __version__
-    from ._cli import _dist_version
+    from circfft import __version__
 
     versions = {"circfft": __version__, "python": platform.python_version(),
                 "numpy": np.__version__}
     for dist in ("scipy", "numba", "torch"):
-        v = _dist_version(dist)
+        v = dist_version(dist)
         if v:
             versions[dist] = v
     env = {k: v for k, v in os.environ.items()
@@ -528,7 +420,7 @@ def format_table(results, s, baseline) -> str:
                     f"{r.extra_bytes / 2**20:.1f}",
                     f"{r.extra_per_x:.2f}"]
         rows.append(row)
-    return _render(headers, rows, left={0, 4})
+    return render_table(headers, rows, left={0, 4})
 
 
 def format_ratio_table(results, s, baseline, methods) -> str:
@@ -555,23 +447,7 @@ def format_ratio_table(results, s, baseline, methods) -> str:
                         row.append(f"{r.ratio:.2f}" if ok else "-")
                     rows.append(row)
     title = f"time / {baseline} time (below 1.00: faster than {baseline})"
-    return title + "\n" + _render(headers, rows, left={0, 2, 3})
-
-
-def _render(headers, rows, left=()) -> str:
-    """Plain-text table with aligned columns; ``None`` in ``rows`` is a blank separator line."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        if row is not None:
-            widths = [max(wd, len(c)) for wd, c in zip(widths, row)]
-
-    def fmt(cells):
-        return "  ".join(c.ljust(wd) if i in left else c.rjust(wd)
-                         for i, (c, wd) in enumerate(zip(cells, widths))).rstrip()
-
-    out = [fmt(headers), fmt(["-" * wd for wd in widths])]
-    out += ["" if row is None else fmt(row) for row in rows]
-    return "\n".join(out)
+    return title + "\n" + render_table(headers, rows, left={0, 2, 3})
 
 
 def plot(results, s, methods, path, title="") -> None:

@@ -1,4 +1,4 @@
-"""``python -m circfft bench --ops``: forward + backward of the block-circulant product.
+"""``python -m circfft bench --ops``: forward + backward of the block-circulant product, timed.
 
 Compares, float32 on CPU, for ``d_in = d_out = d`` and ``T`` tokens:
 
@@ -15,7 +15,7 @@ threshold at 64 KiB from the start (every larger buffer is mapped when allocated
 when freed), resets the resident-set peak (``/proc/self/clear_refs``) and measures one
 forward + backward: "peak above inputs" is that peak minus the resident size just before it,
 so it counts what the operator allocates (saved tensors, temporaries, output, gradients) the
-same way for every implementation.
+same way for every implementation (:class:`.measure.PeakMemory`, ``"rss"``).
 
 Extra options (after ``--ops``): ``--tokens T``, ``--dims D [D ...]``, ``--blocks B [B ...]``
 (``0`` means ``b = d``), ``--ranks R [R ...]``, ``--threads N``.  ``--quick``: ``T = 1024``,
@@ -25,15 +25,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 
-__all__ = ["main", "run_case", "format_table"]
+from .info import importable
+from .measure import (PeakMemory, Profiles, fix_mmap_threshold, mib, render_table,
+                      run_fresh_process, time_call)
 
-FULL = dict(tokens=8192, dims=(768, 4096), blocks=(64, 256, 0), ranks=(8, 16), repeat=3)
-QUICK = dict(tokens=1024, dims=(768,), blocks=(64, 256, 0), ranks=(8, 16), repeat=2)
+__all__ = ["main", "run_case", "format_table", "SETTINGS"]
+
+#: This module's name, also when it runs as ``__main__`` (the per-case subprocesses).
+MODULE = "circfft._cli.bench_ops"
+#: Settings of a full run and of ``--quick``.
+SETTINGS = Profiles(
+    full=dict(tokens=8192, dims=(768, 4096), blocks=(64, 256, 0), ranks=(8, 16), repeat=3),
+    quick=dict(tokens=1024, dims=(768,), blocks=(64, 256, 0), ranks=(8, 16), repeat=2))
 MEM_TARGET = 0.5          # peak memory at most 0.5x C3A's
 TIME_TARGET = 1 / 1.5     # time at most 1/1.5 of C3A's
 
@@ -41,48 +46,13 @@ TIME_TARGET = 1 / 1.5     # time at most 1/1.5 of C3A's
 # ---------------------------------------------------------------------------------------------
 # One case, in a fresh process
 # ---------------------------------------------------------------------------------------------
-def _status_bytes(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _fixed_mmap_threshold(nbytes: int) -> None:
-    """glibc: serve allocations of ``nbytes`` or more by mmap (no dynamic threshold), and
-    return free heap memory to the system."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, int(nbytes))       # M_MMAP_THRESHOLD
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def run_case(impl: str, d: int, b: int, tokens: int, repeat: int, threads: int | None,
              mode: str = "both") -> dict:
     """Measure one case in this process (``mode``: "time", "memory" or "both")."""
-    import gc
-
     if mode == "memory":
         # Every buffer of 64 KiB or more is mapped when allocated and unmapped when freed, so
         # the resident peak counts exactly the live buffers.
-        _fixed_mmap_threshold(65536)
+        fix_mmap_threshold(65536)
     import torch
 
     if threads:
@@ -125,61 +95,43 @@ def run_case(impl: str, d: int, b: int, tokens: int, repeat: int, threads: int |
         times = []
         for _ in range(max(1, repeat)):
             clear()
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
+            times.append(time_call(step)[1])
         result["time_s"] = min(times)
     if mode in ("memory", "both"):
         clear()
-        gc.collect()
-        before = _status_bytes("VmRSS")
-        exact = _reset_peak()
-        step()
-        peak = _status_bytes("VmHWM")
-        if not exact:           # no clear_refs: the process peak (warm-up included) is all we have
-            import resource
-
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        result["peak_above_inputs"] = (peak - before) if (peak and before) else None
-        result["exact_peak"] = exact
+        # Without /proc/self/clear_refs (exact False) the peak is the process's, warm-up included.
+        probe = PeakMemory("rss")
+        result["peak_above_inputs"] = probe.measure(step)
+        result["exact_peak"] = probe.exact
     return result
 
 
 def _subprocess_case(impl, d, b, tokens, repeat, threads) -> dict:
     """Time in one fresh process (default allocator), memory in another (fixed mmap threshold)."""
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     result = {}
     for mode in ("time", "memory"):
-        cmd = [sys.executable, "-m", "circfft._bench_ops", "--case", impl, str(d), str(b),
-               str(tokens), str(repeat), str(threads or 0), mode]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-            return dict(impl=impl, d=d, b=b, tokens=tokens, error=tail[0])
-        result.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+        answer = run_fresh_process(MODULE, "--case", impl, str(d), str(b), str(tokens),
+                                   str(repeat), str(threads or 0), mode)
+        if "error" in answer:
+            return dict(impl=impl, d=d, b=b, tokens=tokens, error=answer["error"])
+        result.update(answer)
     return result
 
 
 # ---------------------------------------------------------------------------------------------
 # Table
 # ---------------------------------------------------------------------------------------------
-def _mib(v):
-    return "n/a" if v is None else f"{v / 2**20:.0f}"
-
-
 def format_table(rows: list[dict]) -> str:
     """Markdown table with ratios to C3A at the same (d, b) and the target verdicts."""
     c3a = {(r["d"], r["b"]): r for r in rows if r["impl"] == "c3a" and "error" not in r}
-    head = ("| d | b / rank | implementation | time (s) | peak above inputs (MiB) | "
-            "x-units | time / C3A | peak / C3A | targets |")
-    lines = [head, "|" + "---|" * 9]
+    headers = ["d", "b / rank", "implementation", "time (s)", "peak above inputs (MiB)",
+               "x-units", "time / C3A", "peak / C3A", "targets"]
+    lines = []
     for r in rows:
         label = r["impl"].split("-")[1] if r["impl"].startswith("lora-") else str(r["b"])
         if "error" in r:
-            lines.append(f"| {r['d']} | {label} | {r['impl']} | failed: {r['error']} |"
-                         " | | | | |")
+            lines.append([str(r["d"]), label, r["impl"], f"failed: {r['error']}", "", "", "",
+                          "", ""])
             continue
         unit = r["tokens"] * r["d"] * 4
         peak = r.get("peak_above_inputs")
@@ -194,14 +146,13 @@ def format_table(rows: list[dict]) -> str:
                 mr = peak / ref["peak_above_inputs"]
                 m_ratio = f"{mr:.3f}"
                 verdict += ", memory ok" if mr <= MEM_TARGET else ", memory MISSED"
-        lines.append(f"| {r['d']} | {label} | {r['impl']} | {r['time_s']:.3f} | {_mib(peak)} | "
-                     f"{units} | {t_ratio} | {m_ratio} | {verdict} |")
-    return "\n".join(lines)
+        lines.append([str(r["d"]), label, r["impl"], f"{r['time_s']:.3f}", mib(peak, 0), units,
+                      t_ratio, m_ratio, verdict])
+    return render_table(headers, lines, markdown=True)
 
 
 def _options(args):
-    quick = bool(getattr(args, "quick", False))
-    cfg = dict(QUICK if quick else FULL)
+    """Settings of the run: the profile, bench's ``--repeat`` and the options after ``--ops``."""
     p = argparse.ArgumentParser(prog="circfft bench --ops", add_help=False)
     p.add_argument("--tokens", type=int)
     p.add_argument("--dims", type=int, nargs="+")
@@ -211,33 +162,22 @@ def _options(args):
     extra, unknown = p.parse_known_args(list(getattr(args, "extra_argv", None) or []))
     if unknown:
         raise SystemExit(f"bench --ops: unrecognized arguments: {' '.join(unknown)}")
-    for key in ("tokens", "dims", "blocks", "ranks"):
-        if getattr(extra, key) is not None:
-            cfg[key] = getattr(extra, key)
     repeat = getattr(args, "repeat", None)
-    if isinstance(repeat, int) and repeat > 0:
-        cfg["repeat"] = repeat
+    cfg = SETTINGS.settings(bool(getattr(args, "quick", False)), tokens=extra.tokens,
+                            dims=extra.dims, blocks=extra.blocks, ranks=extra.ranks,
+                            repeat=repeat if isinstance(repeat, int) and repeat > 0 else None)
     cfg["threads"] = extra.threads
     return cfg
-
-
-def _have(module: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def main(args=None) -> int:
     """Run the operator benchmark and print the table; returns the exit status."""
     args = args if args is not None else argparse.Namespace()
-    if not _have("torch"):
+    if not importable("torch"):
         print("bench --ops needs torch (pip install 'circfft[torch]')", file=sys.stderr)
         return 2
     cfg = _options(args)
-    have_c3a = _have("peft")
+    have_c3a = importable("peft")
     cases = []
     for d in cfg["dims"]:
         for b in cfg["blocks"]:
@@ -260,7 +200,7 @@ def main(args=None) -> int:
             print(f"  {impl} d={d} b={b}: failed: {row['error']}", flush=True)
         else:
             print(f"  {impl:8s} d={d:5d} b={b:5d}: {row['time_s']:.3f} s, "
-                  f"{_mib(row.get('peak_above_inputs'))} MiB", flush=True)
+                  f"{mib(row.get('peak_above_inputs'), 0)} MiB", flush=True)
     print()
     print(format_table(rows))
     print(f"\ntargets: circfft peak <= {MEM_TARGET}x C3A's and time <= 1/1.5 = "

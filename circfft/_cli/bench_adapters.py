@@ -1,6 +1,6 @@
-"""``python -m circfft bench --adapters``: one training step of the demo model, per adapter.
+"""``python -m circfft bench --adapters``: one training step of the demo model timed, per adapter.
 
-The model is the demo's (MiniLM-L6 encoder, mean pooling, linear head; :mod:`circfft._demo`),
+The model is the demo's (MiniLM-L6 encoder, mean pooling, linear head; :mod:`.demo`),
 float32, with the same target modules (every attention and FFN linear) for every method:
 
 =================  ===========================================================
@@ -26,7 +26,8 @@ lexicon entry a row, a few tokens).
   RSS is read, the high-water mark is reset through ``/proc/self/clear_refs`` and one step runs:
   the figure is the peak minus that RSS (activations and tensors saved for backward,
   gradients, temporaries) above the model + batch + optimizer-state baseline.  On CUDA:
-  ``torch.cuda.max_memory_allocated`` minus the allocated memory at the same point.
+  ``torch.cuda.max_memory_allocated`` minus the allocated memory at the same point
+  (:class:`.measure.PeakMemory`).
 
 Options (after ``--adapters``): ``--methods``, ``--batch-size``, ``--seq-len``, ``--repeat``,
 ``--warmup``, ``--block-size``, ``--n-frequency``, ``--device``, ``--threads``, ``--no-memory``,
@@ -35,19 +36,26 @@ Options (after ``--adapters``): ``--methods``, ``--batch-size``, ``--seq-len``, 
 from __future__ import annotations
 
 import argparse
-import gc
+import functools
 import json
-import os
 import statistics
-import subprocess
 import sys
-import time
 
-__all__ = ["main", "make_batch", "format_table", "TARGETS", "DEFAULT_METHODS"]
+from . import demo
+from . import demo_data as data
+from .measure import (PeakMemory, Profiles, fix_mmap_threshold, mib, progress_bar, render_table,
+                      run_fresh_process, time_call, torch_threads)
+from .options import check_outputs
 
+__all__ = ["main", "run", "make_batch", "build", "time_methods", "memory_case",
+           "measure_in_fresh_process", "format_table", "TARGETS", "DEFAULT_METHODS", "SETTINGS"]
+
+#: This module's name, also when it runs as ``__main__`` (the per-method subprocesses).
+MODULE = "circfft._cli.bench_adapters"
 DEFAULT_METHODS = ("lora", "circulant", "c3a", "fourierft", "peft-fourierft")
-FULL = dict(batch_size=16, seq_len=128, repeat=7, warmup=2)
-QUICK = dict(batch_size=8, seq_len=64, repeat=3, warmup=1)
+#: Settings of a full run and of ``--quick``.
+SETTINGS = Profiles(full=dict(batch_size=16, seq_len=128, repeat=7, warmup=2),
+                    quick=dict(batch_size=8, seq_len=64, repeat=3, warmup=1))
 
 #: (numerator, denominator, time target, memory target): numerator's time must be at most
 #: ``time target`` x the denominator's, its peak at most ``memory target`` x (None: no target).
@@ -59,24 +67,27 @@ TARGETS = (
 
 
 def _parse(argv):
-    """Options of ``bench --adapters``: the command line after ``bench``, less ``--adapters``."""
-    from ._demo import METHODS
+    """Options of ``bench --adapters``: the command line after ``bench``, less ``--adapters``.
 
+    Output options are checked here, before anything is measured (``SystemExit(2)``); other bad
+    values raise ``ValueError``.
+    """
+    full, quick = SETTINGS.full, SETTINGS.quick
     p = argparse.ArgumentParser(prog="python -m circfft bench --adapters",
                                 description="One training step of the demo model per adapter "
                                             "method: median time (round-robin) and peak memory "
                                             "(fresh process per method).")
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(DEFAULT_METHODS),
-                   help=f"default: {' '.join(DEFAULT_METHODS)}")
+    p.add_argument("--methods", nargs="+", choices=list(demo.METHODS),
+                   default=list(DEFAULT_METHODS), help=f"default: {' '.join(DEFAULT_METHODS)}")
     p.add_argument("--quick", action="store_true",
-                   help=f"short run: batch {QUICK['batch_size']} x {QUICK['seq_len']} tokens, "
-                        f"{QUICK['repeat']} rounds (explicit options still win)")
-    p.add_argument("--batch-size", type=int, help=f"rows (default {FULL['batch_size']})")
+                   help=f"short run: batch {quick['batch_size']} x {quick['seq_len']} tokens, "
+                        f"{quick['repeat']} rounds (explicit options still win)")
+    p.add_argument("--batch-size", type=int, help=f"rows (default {full['batch_size']})")
     p.add_argument("--seq-len", type=int,
-                   help=f"tokens per row (default {FULL['seq_len']}; 0: the demo's own batch "
+                   help=f"tokens per row (default {full['seq_len']}; 0: the demo's own batch "
                         "of lexicon entries)")
-    p.add_argument("--repeat", type=int, help=f"timed rounds (default {FULL['repeat']})")
-    p.add_argument("--warmup", type=int, help=f"untimed rounds first (default {FULL['warmup']})")
+    p.add_argument("--repeat", type=int, help=f"timed rounds (default {full['repeat']})")
+    p.add_argument("--warmup", type=int, help=f"untimed rounds first (default {full['warmup']})")
     p.add_argument("--block-size", type=int, default=64, help="CirculantAdapter / C3A block")
     p.add_argument("--n-frequency", type=int, default=1000, help="FourierFT entries per layer")
     p.add_argument("--device", nargs="+", metavar="DEV",
@@ -86,13 +97,12 @@ def _parse(argv):
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--json", metavar="FILE", help="save the rows as JSON")
     ns = p.parse_args(list(argv))
-    base = QUICK if ns.quick else FULL
-    cfg = dict(methods=ns.methods, block_size=ns.block_size, n_frequency=ns.n_frequency,
+    check_outputs(p, files={"--json": ns.json})
+    cfg = SETTINGS.settings(ns.quick, batch_size=ns.batch_size, seq_len=ns.seq_len,
+                            repeat=ns.repeat, warmup=ns.warmup)
+    cfg.update(methods=ns.methods, block_size=ns.block_size, n_frequency=ns.n_frequency,
                devices=ns.device, threads=ns.threads, memory=not ns.no_memory, json=ns.json,
                progress=not ns.no_progress)
-    for key in ("batch_size", "seq_len", "repeat", "warmup"):
-        value = getattr(ns, key)
-        cfg[key] = base[key] if value is None else value
     for key in ("batch_size", "repeat", "block_size", "n_frequency"):
         if cfg[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be a positive integer, "
@@ -118,8 +128,6 @@ def make_batch(tokenizer, batch_size: int, seq_len: int, device="cpu"):
     """
     import torch
 
-    from . import _demo_data as data
-
     train, _ = data.split_lexicon(data.load_lexicon())
     if seq_len == 0:
         return data.Batches(train, tokenizer, batch_size, seed=0, device=device).next()
@@ -138,32 +146,12 @@ def make_batch(tokenizer, batch_size: int, seq_len: int, device="cpu"):
 
 def build(name: str, cfg: dict, seed: int = 0):
     """``(model, optimizer, trainable)`` of method ``name`` on ``cfg["device"]``."""
-    from . import _demo as demo
-    from . import _demo_data as data
-
     model = data.load_model(seed=seed)
     model = demo.build_method(name, model, list(data.DEFAULT_TARGET_MODULES),
                               cfg["block_size"], cfg["n_frequency"], seed=seed)
     model = model.to(cfg["device"]).eval()      # no dropout, as in the demo
     trainable, _ = demo.parameter_counts(name, model)
-    return model, demo._optimizer(name, model), trainable
-
-
-def _step(model, opt, batch):
-    import torch
-
-    ids, mask, labels = batch
-    loss = torch.nn.functional.cross_entropy(model(ids, mask), labels)
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
-def _sync(device):
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
+    return model, demo.make_optimizer(name, model), trainable
 
 
 def time_methods(cfg, batch, progress=None) -> dict:
@@ -176,12 +164,10 @@ def time_methods(cfg, batch, progress=None) -> dict:
     rounds = cfg["warmup"] + cfg["repeat"]
     for r in range(rounds):
         for name, (model, opt, _) in built.items():
-            _sync(cfg["device"])
-            t0 = time.perf_counter()
-            _step(model, opt, batch)
-            _sync(cfg["device"])
+            step = functools.partial(demo.train_step, model, opt, batch)
+            _, seconds = time_call(step, cfg["device"])
             if r >= cfg["warmup"]:
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(seconds)
             if progress is not None:
                 progress.update(1)
     return {name: dict(time_s=statistics.median(t), times_s=t, trainable=built[name][2])
@@ -190,71 +176,44 @@ def time_methods(cfg, batch, progress=None) -> dict:
 
 def memory_case(name: str, cfg: dict) -> dict:
     """Peak memory of one step of ``name`` above model + batch + optimizer state (this process)."""
-    from ._bench_ops import _fixed_mmap_threshold, _reset_peak, _status_bytes
-
     device = cfg["device"]
     if not device.startswith("cuda"):
-        _fixed_mmap_threshold(65536)
+        fix_mmap_threshold(65536)
     import torch
 
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
-    from . import _demo_data as data
-
     batch = make_batch(data.load_tokenizer(), cfg["batch_size"], cfg["seq_len"], device)
     model, opt, trainable = build(name, cfg)
-    _step(model, opt, batch)                    # warm-up: optimizer state, lazy init, caches
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        _step(model, opt, batch)
-        torch.cuda.synchronize()
-        return dict(method=name, peak_bytes=int(torch.cuda.max_memory_allocated() - before),
-                    exact_peak=True, trainable=trainable)
-    _fixed_mmap_threshold(65536)                # also trims the heap
-    before = _status_bytes("VmRSS")
-    exact = _reset_peak()
-    _step(model, opt, batch)
-    peak = _status_bytes("VmHWM")
-    return dict(method=name, peak_bytes=(peak - before) if (exact and peak and before) else None,
-                exact_peak=exact, trainable=trainable)
+    demo.train_step(model, opt, batch)          # warm-up: optimizer state, lazy init, caches
+    probe = PeakMemory.for_device(device)
+    peak = probe.measure(functools.partial(demo.train_step, model, opt, batch))
+    return dict(method=name, peak_bytes=peak if probe.exact else None, exact_peak=probe.exact,
+                trainable=trainable)
 
 
-def _memory_subprocess(name: str, cfg: dict) -> dict:
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    cmd = [sys.executable, "-m", "circfft._bench_adapters", "--case", name, json.dumps(cfg)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        return dict(method=name, peak_bytes=None, error=tail[0])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def measure_in_fresh_process(name: str, cfg: dict) -> dict:
+    """:func:`memory_case` of ``name`` run in a fresh subprocess (its row, or one with "error")."""
+    answer = run_fresh_process(MODULE, "--case", name, json.dumps(cfg))
+    if "error" in answer:
+        return dict(method=name, peak_bytes=None, error=answer["error"])
+    return answer
 
 
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
-def _mib(v):
-    return "n/a" if v is None else f"{v / 2**20:.1f}"
-
-
 def format_table(rows: dict) -> str:
     """Per-method table, then the target ratios with their verdicts."""
-    from ._demo import METHODS
-
-    lines = ["| method | trainable params | step time (ms) | peak above baseline (MiB) |",
-             "|---|---|---|---|"]
+    label = {name: method.label for name, method in demo.METHODS.items()}
+    lines = []
     for name, r in rows.items():
         if "error" in r:
-            lines.append(f"| {METHODS[name].label} | failed: {r['error']} | | |")
+            lines.append([label[name], f"failed: {r['error']}", "", ""])
             continue
-        lines.append(f"| {METHODS[name].label} | {r['trainable']:,} | "
-                     f"{1000 * r['time_s']:.1f} | {_mib(r.get('peak_bytes'))} |")
-    lines += ["", "| ratio | time | time target | peak memory | memory target | verdict |",
-              "|---|---|---|---|---|---|"]
+        lines.append([label[name], f"{r['trainable']:,}", f"{1000 * r['time_s']:.1f}",
+                      mib(r.get("peak_bytes"))])
+    ratios = []
     for num, den, t_target, m_target in TARGETS:
         a, b = rows.get(num), rows.get(den)
         if not a or not b or "error" in a or "error" in b:
@@ -265,10 +224,14 @@ def format_table(rows: dict) -> str:
         mr = pa / pb if (pa is not None and pb) else None
         if mr is not None:
             verdict.append("memory ok" if mr <= m_target else "memory MISSED")
-        lines.append(f"| {METHODS[num].label} / {METHODS[den].label} | {tr:.3f} | "
-                     f"<= {t_target:.3f} | {'n/a' if mr is None else f'{mr:.3f}'} | "
-                     f"<= {m_target:g} | {', '.join(verdict)} |")
-    return "\n".join(lines)
+        ratios.append([f"{label[num]} / {label[den]}", f"{tr:.3f}", f"<= {t_target:.3f}",
+                       "n/a" if mr is None else f"{mr:.3f}", f"<= {m_target:g}",
+                       ", ".join(verdict)])
+    return "\n\n".join([
+        render_table(["method", "trainable params", "step time (ms)",
+                      "peak above baseline (MiB)"], lines, markdown=True),
+        render_table(["ratio", "time", "time target", "peak memory", "memory target", "verdict"],
+                     ratios, markdown=True)])
 
 
 def main(argv=()) -> int:
@@ -284,25 +247,21 @@ def main(argv=()) -> int:
         print("bench --adapters needs torch and the demo extra: pip install 'circfft[demo]'",
               file=sys.stderr)
         return 2
-    from ._demo import _check_device
-
     if not cfg["devices"]:
         cfg["devices"] = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in cfg["devices"]:
-        reason = _check_device(device)
+        reason = demo.check_device(device)
         if reason:
             print(f"bench --adapters: {reason}", file=sys.stderr)
             return 2
-    threads = torch.get_num_threads()
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
-    try:
-        return _run(cfg, torch)
-    finally:
-        torch.set_num_threads(threads)      # leave the caller's process as it was
+    with torch_threads(cfg["threads"]):
+        return run(cfg)
 
 
-def _run(cfg, torch) -> int:
+def run(cfg) -> int:
+    """Run the benchmark on every device of ``cfg`` (as :func:`main` builds it); print tables."""
+    import torch
+
     cfg["threads"] = torch.get_num_threads()
     per_device, shape = {}, None
     for device in cfg["devices"]:
@@ -317,8 +276,6 @@ def _run(cfg, torch) -> int:
 
 def _run_device(cfg):
     """Time (and measure) every method on ``cfg["device"]``; print its tables."""
-    from . import _demo_data as data
-
     batch = make_batch(data.load_tokenizer(), cfg["batch_size"], cfg["seq_len"], cfg["device"])
     shape = tuple(batch[0].shape)
     print(f"one training step (forward, loss, backward, AdamW step) of the demo model, float32, "
@@ -326,21 +283,13 @@ def _run_device(cfg):
           f"block size {cfg['block_size']}, n_frequency {cfg['n_frequency']}; "
           f"median of {cfg['repeat']} round-robin rounds after {cfg['warmup']} warm-up",
           flush=True)
-    bar = None
-    if cfg["progress"]:
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(cfg["methods"]) * (cfg["repeat"] + cfg["warmup"]),
-                       desc="steps", file=sys.stderr, leave=False)
-        except ImportError:
-            pass
+    bar = progress_bar(len(cfg["methods"]) * (cfg["repeat"] + cfg["warmup"]),
+                       enabled=cfg["progress"], desc="steps", leave=False)
     rows = time_methods(cfg, batch, bar)
-    if bar is not None:
-        bar.close()
+    bar.close()
     if cfg["memory"]:
         for name in cfg["methods"]:
-            mem = _memory_subprocess(name, cfg)
+            mem = measure_in_fresh_process(name, cfg)
             rows[name]["peak_bytes"] = mem.get("peak_bytes")
             if "error" in mem:
                 rows[name]["memory_error"] = mem["error"]

@@ -1,11 +1,11 @@
 """``python -m circfft demo``: fine-tune MiniLM-L6 on the VADER lexicon with circfft's adapters.
 
 Every method trains the same model (pretrained MiniLM-L6 encoder, mean pooling, linear head
-``classifier``; :mod:`circfft._demo_data`) on the same batch sequence for the same number of
+``classifier``; :mod:`.demo_data`) on the same batch sequence for the same number of
 steps, then is evaluated on the same held-out lexicon entries twice: with the adapter in place
 and after merging it into the base weights (``merge_and_unload``), which must give the same
-predictions.  The head is trainable in every method (``modules_to_save=["classifier"]``); the
-baseline ``frozen`` trains only the head.
+predictions (both kept in the ``--json`` rows).  The head is trainable in every method
+(``modules_to_save=["classifier"]``); the baseline ``frozen`` trains only the head.
 
 Learning rates (AdamW, no weight decay, 6% linear warm-up then linear decay, as in the LoRA and
 FourierFT papers' RoBERTa recipes); the head always uses ``HEAD_LR``:
@@ -29,18 +29,20 @@ classes, :func:`circfft.nn.trainable_parameters`, :func:`circfft.nn.merge_and_un
 """
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 
-from . import _demo_data as data
+from . import demo_data as data
+from .measure import PeakMemory, mib, progress_bar, render_table, time_call, torch_threads
 
-__all__ = ["METHODS", "DEFAULT_METHODS", "COMPARE_METHODS", "add_arguments", "run",
-           "build_method", "format_table", "HEAD_LR"]
+__all__ = ["METHODS", "DEFAULT_METHODS", "COMPARE_METHODS", "HEAD_LR", "add_arguments", "run",
+           "build_method", "parameter_counts", "make_optimizer", "train_step", "check_device",
+           "format_table"]
 
 HEAD_LR = 5e-3
 WARMUP_FRACTION = 0.06
@@ -160,54 +162,6 @@ def save(name: str, model, path: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Peak memory of the training loop
-# ---------------------------------------------------------------------------------------------
-class PeakMemory:
-    """Peak memory above the level at ``start()``: RSS high-water mark on CPU (reset through
-    ``/proc/self/clear_refs``), ``torch.cuda.max_memory_allocated`` on CUDA."""
-
-    def __init__(self, device: str):
-        self.device = device
-
-    def start(self):
-        import torch
-
-        from ._bench_ops import _reset_peak, _status_bytes
-
-        gc.collect()
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.before = torch.cuda.memory_allocated()
-            return
-        _malloc_trim()
-        self.before = _status_bytes("VmRSS")
-        self.exact = _reset_peak()
-
-    def stop(self) -> int | None:
-        import torch
-
-        from ._bench_ops import _status_bytes
-
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-            return int(torch.cuda.max_memory_allocated() - self.before)
-        peak = _status_bytes("VmHWM")
-        if not self.exact or peak is None or self.before is None:
-            return None
-        return int(peak - self.before)
-
-
-def _malloc_trim():
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-# ---------------------------------------------------------------------------------------------
 # Training and evaluation
 # ---------------------------------------------------------------------------------------------
 def _lr_factor(step: int, steps: int) -> float:
@@ -217,7 +171,8 @@ def _lr_factor(step: int, steps: int) -> float:
     return max(0.0, (steps - step) / max(1, steps - warm))
 
 
-def _optimizer(name, model):
+def make_optimizer(name, model):
+    """AdamW over the trainable parameters: the head at ``HEAD_LR``, the adapter at its LR."""
     import torch
 
     head, adapter = [], []
@@ -246,11 +201,19 @@ def evaluate(model, tokenizer, entries, device, batch_size: int = 256):
     return torch.cat(out)
 
 
-def _sync(device):
-    if device.startswith("cuda"):
-        import torch
+def train_step(model, optimizer, batch, scheduler=None):
+    """One step on ``batch = (input_ids, attention_mask, labels)``: forward, cross-entropy,
+    backward, optimizer (and ``scheduler``) step; returns the loss, detached."""
+    import torch
 
-        torch.cuda.synchronize()
+    ids, mask, labels = batch
+    loss = torch.nn.functional.cross_entropy(model(ids, mask), labels)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
+    return loss.detach()
 
 
 def train_method(name, train, test, tokenizer, cfg, progress=True, save_dir=None) -> dict:
@@ -262,58 +225,59 @@ def train_method(name, train, test, tokenizer, cfg, progress=True, save_dir=None
     model = build_method(name, model, cfg["target_modules"], cfg["block_size"],
                          cfg["n_frequency"], seed=cfg["seed"]).to(device)
     trainable, total = parameter_counts(name, model)
-    opt = _optimizer(name, model)
+    opt = make_optimizer(name, model)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg["steps"]))
     batches = data.Batches(train, tokenizer, cfg["batch_size"], cfg["seed"], device)
     model.eval()        # no dropout: every method sees the same forward; merging is exact
     losses, times = [], []
-    bar = _progress(cfg["steps"], METHODS[name].label, progress)
-    probe = PeakMemory(device)
+    bar = progress_bar(cfg["steps"], enabled=progress, desc=f"{METHODS[name].label:<32}",
+                       unit="step", leave=True)
+    probe = PeakMemory.for_device(device)
     if cfg["steps"] == 1:
         probe.start()
     for step in range(cfg["steps"]):
-        ids, mask, labels = batches.next()
-        _sync(device)
-        t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(ids, mask), labels)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sched.step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-        losses.append(float(loss.detach()))
+        batch = batches.next()
+        loss, seconds = time_call(functools.partial(train_step, model, opt, batch, sched),
+                                  device)
+        times.append(seconds)
+        losses.append(float(loss))
         if step == 0 and cfg["steps"] > 1:
             # Measure from the second step on: the first one also allocates one-off state
             # (optimizer moments, JIT compilation, FFT plans) that is not the method's cost.
             del loss
             probe.start()
-        if bar is not None:
-            bar.update(1)
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{statistics.fmean(losses[-20:]):.3f}")
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{statistics.fmean(losses[-20:]):.3f}")
     peak = probe.stop()
-    if bar is not None:
-        bar.close()
+    bar.close()
     if save_dir:
         save(name, model, os.path.join(save_dir, name))
+    labels = [e.label for e in test]
     logits = evaluate(model, tokenizer, test, device)
-    labels = torch.tensor([e.label for e in test])
-    acc = float((logits.argmax(1) == labels).float().mean())
+    predictions = logits.argmax(1).tolist()
     row = dict(method=name, label=METHODS[name].label, family=METHODS[name].family,
                lr=METHODS[name].lr or None, head_lr=HEAD_LR, trainable=trainable, total=total,
-               accuracy=acc, steps=cfg["steps"], losses=losses,
+               accuracy=_accuracy(predictions, labels), predictions=predictions,
+               steps=cfg["steps"], losses=losses,
                final_loss=statistics.fmean(losses[-max(1, len(losses) // 10):]),
-               step_time_s=_median_after_warmup(times), peak_bytes=peak)
+               step_time_s=_median_after_warmup(times),
+               peak_bytes=peak if probe.exact else None)
     if METHODS[name].family != "baseline":
-        merged = merge(name, model)
-        merged_logits = evaluate(merged, tokenizer, test, device)
-        row["accuracy_merged"] = float((merged_logits.argmax(1) == labels).float().mean())
-        row["merged_disagreements"] = int((merged_logits.argmax(1) != logits.argmax(1)).sum())
+        merged_logits = evaluate(merge(name, model), tokenizer, test, device)
+        merged_predictions = merged_logits.argmax(1).tolist()
+        row["accuracy_merged"] = _accuracy(merged_predictions, labels)
+        row["merged_predictions"] = merged_predictions
+        row["merged_disagreements"] = sum(a != b for a, b in zip(merged_predictions, predictions))
         row["merged_max_logit_diff"] = float((merged_logits - logits).abs().max())
     del model, opt
     gc.collect()
     return row
+
+
+def _accuracy(predictions, labels) -> float:
+    """Share of ``predictions`` equal to ``labels``."""
+    return sum(p == y for p, y in zip(predictions, labels)) / len(labels)
 
 
 def _median_after_warmup(times):
@@ -321,30 +285,15 @@ def _median_after_warmup(times):
     return statistics.median(times[skip:]) if times else float("nan")
 
 
-def _progress(total, desc, enabled):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=f"{desc:<32}", unit="step", file=sys.stderr, leave=True,
-                dynamic_ncols=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
-def _fmt_mib(v):
-    return "n/a" if v is None else f"{v / 2**20:.0f}"
-
-
 def format_table(rows: list[dict]) -> str:
     """Markdown table: parameters, held-out accuracy (adapter / merged), time and memory."""
     base = next((r for r in rows if r["method"] == "frozen"), None)
-    head = ("| method | LR | trainable params | % of model | held-out acc | merged acc | "
-            "vs frozen | final train loss | step time (ms) | peak mem (MiB) |")
-    lines = [head, "|" + "---|" * 10]
+    headers = ["method", "LR", "trainable params", "% of model", "held-out acc", "merged acc",
+               "vs frozen", "final train loss", "step time (ms)", "peak mem (MiB)"]
+    lines = []
     for r in rows:
         merged = ("-" if "accuracy_merged" not in r else
                   f"{100 * r['accuracy_merged']:.2f}%"
@@ -353,12 +302,11 @@ def format_table(rows: list[dict]) -> str:
         delta = "" if base is None or r is base else \
             f"{100 * (r['accuracy'] - base['accuracy']):+.2f} pt"
         lr = "-" if not r["lr"] else f"{r['lr']:g}"
-        lines.append(
-            f"| {r['label']} | {lr} | {r['trainable']:,} | "
-            f"{100 * r['trainable'] / r['total']:.3f} | {100 * r['accuracy']:.2f}% | {merged} | "
-            f"{delta} | {r['final_loss']:.3f} | {1000 * r['step_time_s']:.1f} | "
-            f"{_fmt_mib(r['peak_bytes'])} |")
-    return "\n".join(lines)
+        lines.append([r["label"], lr, f"{r['trainable']:,}",
+                      f"{100 * r['trainable'] / r['total']:.3f}", f"{100 * r['accuracy']:.2f}%",
+                      merged, delta, f"{r['final_loss']:.3f}", f"{1000 * r['step_time_s']:.1f}",
+                      mib(r["peak_bytes"], 0)])
+    return render_table(headers, lines, markdown=True)
 
 
 def plot(rows, path):
@@ -461,7 +409,7 @@ def _check_targets(target_modules) -> str | None:
             f"name suffix; the model's linears end in {', '.join(suffixes)}")
 
 
-def _check_device(device: str) -> str | None:
+def check_device(device: str) -> str | None:
     """None if ``device`` is usable, else the reason it is not."""
     import torch
 
@@ -487,17 +435,12 @@ def run(args) -> int:
         print(f"demo needs torch and the demo extra: pip install 'circfft[demo]' ({exc})",
               file=sys.stderr)
         return 2
-    reason = _check_device(args.device) or _check_targets(args.target_modules)
+    reason = check_device(args.device) or _check_targets(args.target_modules)
     if reason:
         print(f"demo: {reason}", file=sys.stderr)
         return 2
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _run(args, torch)
-    finally:
-        torch.set_num_threads(threads)      # leave the caller's process as it was
 
 
 def _run(args, torch) -> int:
