@@ -1,26 +1,25 @@
-"""Circulant and block-circulant operators on numpy arrays and torch tensors.
+"""The circulant algebra's public operators: products, dense matrices and packed spectral products.
 
-Conventions (DESIGN §4): ``circ(c)`` is the circulant matrix with first column ``c``,
-``circ(c)[r, s] = c[(r - s) mod n]``.  A block-circulant kernel ``w`` of shape
+Conventions (``docs/operators.rst``): ``circ(c)`` is the circulant matrix with first column
+``c``, ``circ(c)[r, s] = c[(r - s) mod n]``.  A block-circulant kernel ``w`` of shape
 ``(d_out/b, d_in/b, b)`` stands for the ``d_out x d_in`` matrix whose block ``(i, j)`` is
 ``circ(w[i, j])``.  Every operator acts on the last axis of ``x`` (any leading axes).
 
-numpy arrays are computed here with :func:`circfft.rdfft`/:func:`circfft.irdfft`; other array
-families are handed to their backend (for torch: custom autograd operators that save only the
-packed spectrum of the input).  This module never imports torch.
+This module checks the arguments (for numpy arrays, torch tensors and cupy arrays alike) and
+hands the product to the backend of the arrays' family
+(:meth:`circfft.backends.Backend.block_circulant`); the algorithm itself is
+:mod:`circfft._blockcirculant`.  This module never imports torch or cupy.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ._dispatch import array_family, resolve
-from ._layout import from_rfft, spectral_mul, to_rfft
-from ._transforms import irdfft, rdfft
+from ._validation import check_axis
+from .backends import resolve
+from .backends._array_ops import array_family, ops_for_family
 
 __all__ = ["circulant_matmul", "block_circulant_matmul", "circulant_diagonal_matmul",
-           "circulant_dense", "block_circulant_dense"]
-
-_NUMPY_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+           "circulant_dense", "block_circulant_dense", "spectral_mul", "apply_block_circulant"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -31,44 +30,36 @@ def _shape(a) -> tuple:
 
 
 def _prepare(named, backend):
-    """Check that the named arrays share family, dtype and device; return (arrays, backend).
+    """Check that the named arrays share family, a real floating dtype and device.
 
     ``named`` is a list of ``(name, array)``; ``None`` entries are skipped.  numpy inputs are
-    converted with ``numpy.asarray``.  The backend is None for numpy arrays.
+    converted with ``numpy.asarray``.  Returns ``(arrays by name, backend)``; every error is
+    raised before anything is computed.
     """
     present = [(k, v) for k, v in named if v is not None]
-    families = {k: array_family(v) for k, v in present}
-    fams = set(families.values())
-    if len(fams) > 1:
+    families = {array_family(v) for _, v in present}
+    if len(families) > 1:
         desc = ", ".join(f"{k} is a {type(v).__module__.partition('.')[0]}."
                          f"{type(v).__name__}" for k, v in present)
         raise TypeError(f"all arguments must be arrays of the same library: {desc}")
-    family = fams.pop()
-    out = {}
-    if family == "numpy":
-        for k, v in present:
-            out[k] = np.asarray(v)
-        ref_name, ref = present[-1][0], out[present[-1][0]]
-        for k, v in present:
-            a = out[k]
-            if a.dtype not in _NUMPY_DTYPES:
-                raise TypeError(f"{k} must be a float32 or float64 array, got dtype {a.dtype} "
-                                f"(shape {_shape(a)})")
-            if a.dtype != ref.dtype:
-                raise TypeError(f"{k} has dtype {a.dtype} (shape {_shape(a)}) but {ref_name} "
-                                f"has dtype {ref.dtype} (shape {_shape(ref)}); cast one of them")
-        be = resolve(ref, backend) if backend is not None else None
-        return out, be
-    ref_name, ref = present[-1]
-    for k, v in present:
-        if v.dtype != ref.dtype:
-            raise TypeError(f"{k} has dtype {v.dtype} (shape {_shape(v)}) but {ref_name} has "
+    ops = ops_for_family(families.pop())
+    arrays = {k: ops.asarray(v) for k, v in present}
+    ref_name = present[-1][0]
+    ref = arrays[ref_name]
+    allowed = " or ".join(ops.kept_dtypes)
+    for k, a in arrays.items():
+        name = ops.dtype_name(a.dtype)
+        if ops.dtype_kind(a.dtype) != "f" or name not in ops.kept_dtypes:
+            raise TypeError(f"{k} must be a {allowed} array, got dtype {a.dtype} "
+                            f"(shape {_shape(a)})")
+        if a.dtype != ref.dtype:
+            raise TypeError(f"{k} has dtype {a.dtype} (shape {_shape(a)}) but {ref_name} has "
                             f"dtype {ref.dtype} (shape {_shape(ref)}); cast one of them")
-        dev, rdev = getattr(v, "device", None), getattr(ref, "device", None)
-        if dev != rdev:
-            raise ValueError(f"{k} (shape {_shape(v)}) is on device {dev} but {ref_name} "
-                             f"(shape {_shape(ref)}) is on device {rdev}; move one of them")
-    return dict(present), resolve(ref, backend)
+        if ops.device(a) != ops.device(ref):
+            raise ValueError(f"{k} (shape {_shape(a)}) is on device {ops.device(a)} but "
+                             f"{ref_name} (shape {_shape(ref)}) is on device "
+                             f"{ops.device(ref)}; move one of them")
+    return arrays, resolve(ref, backend)
 
 
 def _check_kernel(w, name="w"):
@@ -100,63 +91,34 @@ def _check_vector(v, length, name, role):
         raise ValueError(f"{name} must have shape ({length},) ({role}), got shape {_shape(v)}")
 
 
-# ---------------------------------------------------------------------------------------------
-# numpy implementations
-# ---------------------------------------------------------------------------------------------
-def _bc_numpy(w, x, pre, post, transpose, backend):
-    """``post * C(w) (pre * x)`` (``C^T`` with ``transpose``) for numpy arrays."""
-    m, n, b = w.shape
-    nx, ny = (m, n) if transpose else (n, m)
-    lead = x.shape[:-1]
-    u = x * pre if pre is not None else x
-    X = to_rfft(rdfft(u.reshape(lead + (nx, b)), backend=backend))     # (..., nx, F)
-    Wc = to_rfft(rdfft(w, backend=backend))                             # (m, n, F)
-    F = X.shape[-1]
-    Xk = np.ascontiguousarray(np.moveaxis(X.reshape(-1, nx, F), -1, 0))  # (F, T, nx)
-    if transpose:
-        Mk = np.ascontiguousarray(np.conj(Wc).transpose(2, 0, 1))      # (F, m, n)
-    else:
-        Mk = np.ascontiguousarray(Wc.transpose(2, 1, 0))                # (F, n, m)
-    Yk = np.matmul(Xk, Mk)                                              # (F, T, ny)
-    Y = from_rfft(np.moveaxis(Yk, 0, -1), b)                            # (T, ny, b)
-    y = irdfft(Y, out=Y, backend=backend).reshape(lead + (ny * b,))
-    if post is not None:
-        y *= post
-    return y
+def apply_block_circulant(w, x, *, a=None, g=None, transpose=False, backend=None,
+                          save_input=False):
+    """Check and run ``diag(a) C(w) diag(g) x`` (``diag(g) C(w)^T diag(a) x`` with
+    ``transpose``; ``a``/``g`` None for none) on the last axis of ``x``.
 
-
-def _bc_generic(be, w, x, pre, post, transpose):
-    """Fallback for array families whose backend has transforms and ``spectral_mul`` only."""
-    m, n, b = _shape(w)
-    nx, ny = (m, n) if transpose else (n, m)
-    lead = _shape(x)[:-1]
-    u = x * pre if pre is not None else x
-    X = rdfft(u.reshape(lead + (nx, b)), backend=be)
-    W = rdfft(w, backend=be)
-    outs = []
-    for o in range(ny):
-        acc = None
-        for i in range(nx):
-            Wij = W[i, o] if transpose else W[o, i]
-            term = be.spectral_mul(Wij, X[..., i, :], conj=transpose)
-            acc = term if acc is None else acc + term
-        outs.append(irdfft(acc, backend=be))
-    y = outs[0] if ny == 1 else _concat(outs)
-    return y * post if post is not None else y
-
-
-def _concat(parts):
-    mod = type(parts[0]).__module__.partition(".")[0]
-    import sys
-
-    lib = sys.modules[mod]
-    cat = getattr(lib, "cat", None) or getattr(lib, "concatenate")
-    return cat(parts, -1)
-
-
-def _dense_index(b):
-    r = np.arange(b)
-    return (r[:, None] - r[None, :]) % b
+    The one entry point of every block-circulant product (the public functions here and
+    :mod:`circfft.nn.functional`); ``save_input`` is passed to the backend (torch: save ``x``
+    instead of its spectrum for backward).
+    """
+    named = ([("x", x), ("w", w)] if a is None and g is None
+             else [("a", a), ("g", g), ("w", w), ("x", x)])
+    arrs, be = _prepare(named, backend)
+    w, x = arrs["w"], arrs["x"]
+    m, n, b = _check_kernel(w)
+    shape = _shape(w)
+    if a is not None:
+        _check_vector(arrs["a"], m * b, "a", f"d_out = {m}*{b} for w of shape {shape}")
+    if g is not None:
+        _check_vector(arrs["g"], n * b, "g", f"d_in = {n}*{b} for w of shape {shape}")
+    _check_input(x, m if transpose else n, b, "output" if transpose else "input", "w", shape)
+    if not isinstance(save_input, bool):
+        raise TypeError(f"save_input must be True or False, got {save_input!r}")
+    pre, post = (arrs.get("a"), arrs.get("g")) if transpose else (arrs.get("g"), arrs.get("a"))
+    lead = tuple(x.shape[:-1])
+    x2 = x.reshape(-1, int(x.shape[-1]))
+    y = be.block_circulant(w, x2, pre=pre, post=post, transpose=bool(transpose),
+                           save_input=save_input)
+    return y.reshape(lead + (int(y.shape[-1]),))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,20 +177,7 @@ def block_circulant_matmul(w, x, *, transpose=False, backend=None):
     >>> np.allclose(circfft.block_circulant_matmul(w, x), circfft.block_circulant_dense(w) @ x)
     True
     """
-    arrs, be = _prepare([("x", x), ("w", w)], backend)
-    w, x = arrs["w"], arrs["x"]
-    m, n, b = _check_kernel(w)
-    _check_input(x, m if transpose else n, b, "output" if transpose else "input", "w",
-                 _shape(w))
-    return _dispatch_bc(be, w, x, None, None, bool(transpose), backend)
-
-
-def _dispatch_bc(be, w, x, pre, post, transpose, backend):
-    if be is None or be.family == "numpy":
-        return _bc_numpy(w, x, pre, post, transpose, backend)
-    if hasattr(be, "block_circulant_matmul"):
-        return be.block_circulant_matmul(w, x, transpose=transpose, pre=pre, post=post)
-    return _bc_generic(be, w, x, pre, post, transpose)
+    return apply_block_circulant(w, x, transpose=transpose, backend=backend)
 
 
 def circulant_matmul(c, x, *, transpose=False, backend=None):
@@ -269,7 +218,13 @@ def circulant_matmul(c, x, *, transpose=False, backend=None):
     >>> circfft.circulant_matmul(c, np.array([0.0, 1.0, 0.0, 0.0]))
     array([4., 1., 2., 3.])
     """
-    arrs, be = _prepare([("x", x), ("c", c)], backend)
+    c, x = _circulant_args(c, x, backend)
+    return apply_block_circulant(c.reshape(1, 1, int(c.shape[0])), x, transpose=transpose,
+                                 backend=backend)
+
+
+def _circulant_args(c, x, backend):
+    arrs, _ = _prepare([("x", x), ("c", c)], backend)
     c, x = arrs["c"], arrs["x"]
     if c.ndim != 1 or int(c.shape[0]) < 1:
         raise ValueError(f"c must have shape (n,), got shape {_shape(c)}")
@@ -277,12 +232,7 @@ def circulant_matmul(c, x, *, transpose=False, backend=None):
     if x.ndim < 1 or int(x.shape[-1]) != n:
         raise ValueError(f"x has shape {_shape(x)} but c of shape {_shape(c)} needs "
                          f"x.shape[-1] == {n}")
-    if be is None or be.family == "numpy":
-        C = rdfft(c, backend=backend)
-        X = rdfft(x, backend=backend)
-        Y = spectral_mul(C, X, conj=bool(transpose), out=X)
-        return irdfft(Y, out=Y, backend=backend)
-    return _dispatch_bc(be, c.reshape(1, 1, n), x, None, None, bool(transpose), backend)
+    return c, x
 
 
 def circulant_diagonal_matmul(a, w, g, x, *, transpose=False, backend=None):
@@ -335,15 +285,9 @@ def circulant_diagonal_matmul(a, w, g, x, *, transpose=False, backend=None):
     >>> circfft.circulant_diagonal_matmul(a, w, g, np.array([1.0, 0.0]))
     array([3., 6.])
     """
-    arrs, be = _prepare([("a", a), ("g", g), ("w", w), ("x", x)], backend)
-    a, g, w, x = arrs["a"], arrs["g"], arrs["w"], arrs["x"]
-    m, n, b = _check_kernel(w)
-    _check_vector(a, m * b, "a", f"d_out = {m}*{b} for w of shape {_shape(w)}")
-    _check_vector(g, n * b, "g", f"d_in = {n}*{b} for w of shape {_shape(w)}")
-    _check_input(x, m if transpose else n, b, "output" if transpose else "input", "w",
-                 _shape(w))
-    pre, post = (a, g) if transpose else (g, a)
-    return _dispatch_bc(be, w, x, pre, post, bool(transpose), backend)
+    if a is None or g is None:
+        raise TypeError("a and g must be arrays (use block_circulant_matmul without diagonals)")
+    return apply_block_circulant(w, x, a=a, g=g, transpose=transpose, backend=backend)
 
 
 def circulant_dense(c, *, backend=None):
@@ -413,9 +357,99 @@ def block_circulant_dense(w, *, backend=None):
     arrs, be = _prepare([("w", w)], backend)
     w = arrs["w"]
     m, n, b = _check_kernel(w)
-    if be is not None and be.family != "numpy" and hasattr(be, "block_circulant_dense"):
-        return be.block_circulant_dense(w)
-    idx = _dense_index(b)
-    i = np.arange(m)[:, None, None, None]
-    j = np.arange(n)[None, None, :, None]
+    # W[i*b + r, j*b + s] = w[i, j, (r - s) % b]: one gather with broadcast index arrays
+    ops = be.ops
+    r = ops.arange(b, w)
+    idx = (r[:, None] - r[None, :]) % b
+    i = ops.arange(m, w)[:, None, None, None]
+    j = ops.arange(n, w)[None, None, :, None]
     return w[i, j, idx[None, :, None, :]].reshape(m * b, n * b)
+
+
+def spectral_mul(A, B, *, conj=False, out=None, axis=-1, backend=None):
+    """Pair-wise product of two packed spectra: the spectrum of a circular convolution.
+
+    Parameters
+    ----------
+    A, B : array_like of float32 or float64 (or a tensor / cupy array)
+        Packed spectra of equal length along ``axis``; other axes broadcast.  torch and cupy
+        half-precision spectra are multiplied in float32 and stored in their dtype.
+    conj : bool, optional
+        If True compute ``conj(A) * B`` (the spectrum of a circular cross-correlation, used by
+        every transpose and backward pass); otherwise ``A * B``.
+    out : array, optional
+        Where to write the product: an array of the broadcast shape and the operands' dtype;
+        may be ``A`` or ``B`` itself (the product is computed pair by pair, so it runs in
+        place on either operand), but must not overlap them otherwise.
+    axis : int, optional
+        Axis holding the packed rows. Default is the last.
+    backend : str or Backend, optional
+        Backend to use; by default the one chosen for the arrays' type.
+
+    Returns
+    -------
+    Z : array
+        Packed spectrum of the product: ``Z[k] + 1j*Z[n-k] = A_k * B_k`` (or
+        ``conj(A_k) * B_k``) for ``0 < k < (n+1)//2``, ``Z[0] = A[0]*B[0]`` and, for even
+        ``n``, ``Z[n/2] = A[n/2]*B[n/2]``.  ``out`` when given.  Differentiable for tensors.
+
+    Raises
+    ------
+    TypeError
+        Operands of different libraries or dtypes, a dtype that is not real floating point,
+        an ``out`` of the wrong type or dtype.
+    ValueError
+        Different lengths along ``axis``, shapes that do not broadcast, an ``out`` of the
+        wrong shape or partially overlapping an operand, different devices.
+
+    Examples
+    --------
+    >>> import numpy as np, circfft
+    >>> a, b = np.array([1., 2, 0, 0]), np.array([0., 1, 0, 0])
+    >>> c = circfft.irdfft(circfft.spectral_mul(circfft.rdfft(a), circfft.rdfft(b)))
+    >>> np.allclose(c, [0, 1, 2, 0])          # a shifted by one place, up to rounding
+    True
+    """
+    arrs, be = _prepare([("A", A), ("B", B)], backend)
+    A, B = arrs["A"], arrs["B"]
+    ops = be.ops
+    for name, t in (("A", A), ("B", B)):
+        if t.ndim == 0:
+            raise ValueError(f"{name} must have at least one dimension")
+    ndim = max(A.ndim, B.ndim)
+    axis = check_axis(axis, ndim)
+    Am = ops.moveaxis(A.reshape((1,) * (ndim - A.ndim) + tuple(A.shape)), axis, -1)
+    Bm = ops.moveaxis(B.reshape((1,) * (ndim - B.ndim) + tuple(B.shape)), axis, -1)
+    if Am.shape[-1] != Bm.shape[-1]:
+        raise ValueError(f"A and B must have the same length along axis {axis}, "
+                         f"got {Am.shape[-1]} and {Bm.shape[-1]}")
+    try:
+        shape = tuple(ops.broadcast_shapes(tuple(Am.shape), tuple(Bm.shape)))
+    except ValueError:
+        raise ValueError(f"A and B do not broadcast: shapes {_shape(A)} and {_shape(B)} "
+                         "(packed axis moved last)") from None
+    moved = shape[:axis] + shape[-1:] + shape[axis:-1]          # the broadcast shape, axis back
+    if out is None:
+        Z = ops.empty(shape, A.dtype, A)
+    else:
+        if not isinstance(out, ops.array_type):
+            raise TypeError(f"out must be a {ops.type_name}, got {type(out).__name__}")
+        if out.dtype != A.dtype:
+            raise TypeError(f"out has dtype {ops.dtype_name(out.dtype)}, expected "
+                            f"{ops.dtype_name(A.dtype)}")
+        if _shape(out) != moved:
+            raise ValueError(f"out has shape {_shape(out)}, expected the broadcast shape "
+                             f"{moved}")
+        if ops.device(out) != ops.device(A):
+            raise ValueError(f"out is on {ops.device(out)} but A is on {ops.device(A)}")
+        if not ops.writeable(out):
+            raise ValueError("out is read-only")
+        if ops.self_overlap(out):
+            raise ValueError("out has elements sharing memory (a broadcast or expanded view?)")
+        for name, t in (("A", A), ("B", B)):
+            if ops.overlaps(out, t) and not ops.same_view(out, t):
+                raise ValueError(f"out overlaps {name} partially; pass out={name} itself for "
+                                 "an in-place product, or a separate array")
+        Z = ops.moveaxis(out, axis, -1)
+    be.pair_mul(Am, Bm, Z, conj=bool(conj))
+    return ops.moveaxis(Z, -1, axis) if out is None else out

@@ -1,22 +1,76 @@
-"""The packed ("halfcomplex") layout: conversions and pair-wise spectral products.
+"""The packed ("halfcomplex") layout: index maps, conversions and the pair-wise product.
 
 For a real row of length ``n`` with ``Y = numpy.fft.rfft(x)``, the packed row ``X`` holds
 ``X[k] = Re Y_k`` for ``0 <= k <= n//2`` and ``X[n-k] = Im Y_k`` for ``0 < k < (n+1)//2``
 (FFTW's R2HC order).  Slot ``k`` (real part) pairs with slot ``n-k`` (imaginary part); slot 0
-and, for even ``n``, slot ``n/2`` are real.
+and, for even ``n``, slot ``n/2`` are real.  The helpers taking an ``ops`` argument work on
+any array family (see :mod:`circfft.backends._array_ops`); this module imports no backend.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ._validation import check_axis
+from ._validation import check_axis, check_positive_int
 
-__all__ = ["to_rfft", "from_rfft", "spectral_mul", "n_imag"]
+__all__ = ["to_rfft", "from_rfft", "n_imag", "real_slots", "packed_product",
+           "pack_half_spectrum", "unpack_half_spectrum"]
 
 
 def n_imag(n: int) -> int:
     """Number of imaginary slots in a packed row of length ``n``: ``(n - 1) // 2``."""
     return (n - 1) // 2
+
+
+def real_slots(n: int) -> list[int]:
+    """Slots holding a purely real frequency: 0, and ``n/2`` for even ``n >= 2``."""
+    return [0] + ([n // 2] if n % 2 == 0 and n > 1 else [])
+
+
+def packed_product(A, B, Z, conj: bool, ops) -> None:
+    """``Z = A * B`` (``conj(A) * B``) pair by pair on packed rows (last axis), any family.
+
+    Slot ``k`` (real part) pairs with slot ``n-k`` (imaginary part); the real slots multiply
+    as reals.  Every operand is read before ``Z`` is written, so ``Z`` may be ``A`` or ``B``.
+    """
+    n = Z.shape[-1]
+    if n == 0:
+        return
+    ni = n_imag(n)
+    real = real_slots(n)
+    ar, br = A[..., 1: ni + 1], B[..., 1: ni + 1]
+    ai, bi = ops.flip_last(A[..., n - ni:]), ops.flip_last(B[..., n - ni:])
+    if conj:
+        zr, zi = ar * br + ai * bi, ar * bi - ai * br
+    else:
+        zr, zi = ar * br - ai * bi, ar * bi + ai * br
+    zreal = [A[..., k] * B[..., k] for k in real]
+    for k, v in zip(real, zreal):
+        Z[..., k] = v
+    if ni:
+        Z[..., 1: ni + 1] = zr
+        Z[..., n - ni:] = ops.flip_last(zi)
+
+
+def pack_half_spectrum(Y, n: int, out, scale: float, ops) -> None:
+    """Write complex half spectra ``Y`` (..., n//2+1) into ``out`` (..., n), packed, times
+    ``scale`` (any family; ``out`` may be the transform's input)."""
+    h, ni = n // 2, n_imag(n)
+    re = Y.real * scale if scale != 1.0 else Y.real
+    im = Y.imag[..., 1: ni + 1] * scale if scale != 1.0 else Y.imag[..., 1: ni + 1]
+    out[..., : h + 1] = re
+    if ni:
+        out[..., n - ni:] = ops.flip_last(im)
+
+
+def unpack_half_spectrum(X, ops):
+    """Complex half spectra (..., n//2+1) of packed rows ``X`` (..., n), any family."""
+    n = X.shape[-1]
+    h, ni = n // 2, n_imag(n)
+    Y = ops.zeros(tuple(X.shape[:-1]) + (h + 1,), ops.complex_dtype(X.dtype), X)
+    Y.real[...] = X[..., : h + 1]
+    if ni:
+        Y.imag[..., 1: ni + 1] = ops.flip_last(X[..., n - ni:])
+    return Y
 
 
 def _real_array(a, name):
@@ -89,9 +143,7 @@ def from_rfft(Y, n, axis=-1):
     if Y.dtype.kind not in "cfiu":
         raise TypeError(f"Y must be a numeric array, got dtype {Y.dtype}")
     axis = check_axis(axis, Y.ndim)
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"n must be a positive integer, got {n}")
+    n = check_positive_int(n, "n")
     Ym = np.moveaxis(Y, axis, -1)
     if Ym.shape[-1] != n // 2 + 1:
         raise ValueError(f"Y has {Ym.shape[-1]} entries along axis {axis}; "
@@ -103,79 +155,3 @@ def from_rfft(Y, n, axis=-1):
     if ni:
         X[..., n - ni:] = Ym.imag[..., ni:0:-1]
     return np.moveaxis(X, -1, axis)
-
-
-def spectral_mul(A, B, *, conj=False, out=None, axis=-1):
-    """Pair-wise product of two packed spectra: the spectrum of a circular convolution.
-
-    Parameters
-    ----------
-    A, B : array_like of float32 or float64
-        Packed spectra of equal length along ``axis``; other axes broadcast.
-    conj : bool, optional
-        If True compute ``conj(A) * B`` (the spectrum of a circular cross-correlation, used by
-        every transpose and backward pass); otherwise ``A * B``.
-    out : ndarray, optional
-        Where to write the product; may be ``A`` or ``B`` itself (the product is computed
-        pair by pair, so it runs in place on either operand).
-    axis : int, optional
-        Axis holding the packed rows. Default is the last.
-
-    Returns
-    -------
-    Z : ndarray
-        Packed spectrum of the product: ``Z[k] + 1j*Z[n-k] = A_k * B_k`` (or
-        ``conj(A_k) * B_k``) for ``0 < k < (n+1)//2``, ``Z[0] = A[0]*B[0]`` and, for even
-        ``n``, ``Z[n/2] = A[n/2]*B[n/2]``.
-
-    Examples
-    --------
-    >>> import numpy as np, circfft
-    >>> a, b = np.array([1., 2, 0, 0]), np.array([0., 1, 0, 0])
-    >>> c = circfft.irdfft(circfft.spectral_mul(circfft.rdfft(a), circfft.rdfft(b)))
-    >>> np.allclose(c, [0, 1, 2, 0])          # a shifted by one place, up to rounding
-    True
-    """
-    A = _real_array(A, "A")
-    B = _real_array(B, "B")
-    if A.dtype != B.dtype:
-        raise TypeError(f"A and B must have the same dtype, got {A.dtype} and {B.dtype}")
-    ndim = max(A.ndim, B.ndim)
-    axis = check_axis(axis, ndim)
-    A = np.moveaxis(A.reshape((1,) * (ndim - A.ndim) + A.shape), axis, -1)
-    B = np.moveaxis(B.reshape((1,) * (ndim - B.ndim) + B.shape), axis, -1)
-    if A.shape[-1] != B.shape[-1]:
-        raise ValueError(f"A and B must have the same length along axis {axis}, "
-                         f"got {A.shape[-1]} and {B.shape[-1]}")
-    try:
-        shape = np.broadcast_shapes(A.shape, B.shape)
-    except ValueError:
-        raise ValueError(f"A and B do not broadcast: shapes {A.shape} and {B.shape} "
-                         f"(packed axis moved last)") from None
-    if out is None:
-        Z = np.empty(shape, dtype=A.dtype)
-    else:
-        if not isinstance(out, np.ndarray):
-            raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
-        if out.dtype != A.dtype:
-            raise TypeError(f"out has dtype {out.dtype}, expected {A.dtype}")
-        Z = np.moveaxis(out, axis, -1) if out.ndim == ndim else None
-        if Z is None or Z.shape != shape:
-            raise ValueError(f"out has shape {out.shape}, expected the broadcast shape "
-                             f"{np.moveaxis(np.empty(shape, dtype=bool), -1, axis).shape}")
-        if not out.flags.writeable:
-            raise ValueError("out is read-only")
-    n = shape[-1]
-    ni = n_imag(n)
-    # Temporaries before any write, so that out may alias A or B.
-    ar, ai = A[..., 1: ni + 1], A[..., n - 1: n - ni - 1: -1]
-    br, bi = B[..., 1: ni + 1], B[..., n - 1: n - ni - 1: -1]
-    if conj:
-        zr, zi = ar * br + ai * bi, ar * bi - ai * br
-    else:
-        zr, zi = ar * br - ai * bi, ar * bi + ai * br
-    real = [0] + ([n // 2] if n % 2 == 0 else [])
-    Z[..., real] = A[..., real] * B[..., real]
-    Z[..., 1: ni + 1] = zr
-    Z[..., n - 1: n - ni - 1: -1] = zi
-    return np.moveaxis(Z, -1, axis) if out is None else out

@@ -1,49 +1,50 @@
 """The public transforms ``rdfft`` and ``irdfft``: argument handling, ``out`` semantics, dispatch."""
 from __future__ import annotations
 
-import numpy as np
-
-from ._dispatch import resolve
+from .backends import resolve
 from ._validation import (check_axis, check_norm, check_out, check_real_dtype, check_workers,
-                          same_view, scale_for)
+                          scale_for)
 
 __all__ = ["rdfft", "irdfft"]
 
 
 def _transform(x, axis, norm, out, overwrite_x, workers, backend, forward):
+    """The one front end of ``rdfft``/``irdfft`` for every array family: checks everything,
+    then hands a validated buffer to the backend, in place (``out=x``, a separate ``out``,
+    ``overwrite_x``) or as a new array."""
     be = resolve(x, backend)
-    if be.family != "numpy":
-        return be.transform(x, axis=axis, norm=norm, out=out, overwrite_x=overwrite_x,
-                            workers=workers, forward=forward)
-    inplace = out is not None and same_view(out, x)
-    if inplace and not isinstance(x, np.ndarray):
-        raise TypeError(f"out=x needs x to be a numpy.ndarray, got {type(x).__name__}")
-    arr = np.asarray(x)
-    dtype = check_real_dtype(arr.dtype, "x", inplace)
+    ops = be.ops
+    if ops.family != "numpy" and not isinstance(x, ops.array_type):
+        raise TypeError(f"x must be a {ops.type_name}, got {type(x).__name__}")
+    inplace = out is not None and ops.same_view(out, x)
+    if inplace and not isinstance(x, ops.array_type):
+        raise TypeError(f"out=x needs x to be a {ops.type_name}, got {type(x).__name__}")
+    arr = ops.asarray(x)
+    dtype = check_real_dtype(arr.dtype, "x", inplace, ops)
     if arr.ndim == 0:
         raise ValueError("x must have at least one dimension, got a 0-d array")
     axis = check_axis(axis, arr.ndim)
     norm = check_norm(norm)
     workers = check_workers(workers)
+    scale = scale_for(norm, int(arr.shape[axis]), forward)
+    args = dict(axis=axis, forward=forward, scale=scale, workers=workers)
     if inplace:
-        if not arr.flags.writeable:
+        if not ops.writeable(arr):
             raise ValueError("x is read-only, so out=x cannot transform it in place")
-        if not out.flags.writeable:
+        if not ops.writeable(out):
             raise ValueError("out is read-only")
-        result = out        # x itself, or another view of exactly x's elements
-    elif out is not None:
-        check_out(out, arr, dtype)
-        out[...] = arr
-        result = out
-    elif overwrite_x and arr is x and arr.dtype == dtype and arr.flags.writeable:
-        result = arr
-    else:
-        result = np.array(arr, dtype=dtype, order="C", copy=True)
-    n = result.shape[axis]
-    if result.size:
-        be.execute(np.moveaxis(result, axis, -1), forward=forward,
-                   scale=scale_for(norm, n, forward), workers=workers)
-    return result
+        if ops.self_overlap(arr):
+            raise ValueError("x has elements sharing memory (a broadcast, expanded or "
+                             "overlapping strided view), so out=x cannot transform it in place")
+        return be.transform_inplace(out, **args)     # x itself, or another view of exactly x
+    if out is not None:
+        check_out(out, arr, dtype, ops)
+        ops.assign(out, arr)
+        return be.transform_inplace(out, **args)
+    if (overwrite_x and arr is x and arr.dtype == dtype and ops.can_overwrite(arr)
+            and not ops.self_overlap(arr)):
+        return be.transform_inplace(arr, **args)
+    return be.transform_copy(arr, dtype=dtype, **args)
 
 
 _PARAMS = """

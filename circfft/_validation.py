@@ -4,14 +4,15 @@ Nothing here writes to the caller's arrays: the API validates everything before 
 """
 from __future__ import annotations
 
+import math
 import operator
 import os
 
 import numpy as np
 
 __all__ = [
-    "NORMS", "check_norm", "scale_for", "check_axis", "check_workers",
-    "check_real_dtype", "check_out", "same_view",
+    "NORMS", "check_norm", "scale_for", "check_axis", "check_workers", "check_positive_int",
+    "check_real_dtype", "check_out",
 ]
 
 NORMS = ("backward", "ortho", "forward")
@@ -28,8 +29,10 @@ def check_norm(norm) -> str:
 
 def scale_for(norm: str, n: int, forward: bool) -> float:
     """Factor applied to the unnormalised transform for the given ``norm`` and direction."""
+    if n == 0:
+        return 1.0                      # an empty transform axis: nothing is scaled
     if norm == "ortho":
-        return 1.0 / np.sqrt(n)
+        return 1.0 / math.sqrt(n)
     if (norm == "forward") == forward:
         return 1.0 / n
     return 1.0
@@ -44,6 +47,20 @@ def check_axis(axis, ndim: int) -> int:
     if not -ndim <= axis < ndim:
         raise ValueError(f"axis {axis} is out of range for an array with {ndim} dimension(s)")
     return axis % ndim
+
+
+def check_positive_int(value, name: str) -> int:
+    """``value`` as a positive int: an integer type (not bool, not a float or a string)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a positive integer, got the bool {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a positive integer, got {type(value).__name__} "
+                        f"{value!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return value
 
 
 def check_workers(workers) -> int:
@@ -64,88 +81,58 @@ def check_workers(workers) -> int:
     return ncpu + 1 + workers
 
 
-def check_real_dtype(dtype: np.dtype, name: str, inplace: bool) -> np.dtype:
-    """Result dtype for a real transform of an array of ``dtype``.
+def check_real_dtype(dtype, name: str, inplace: bool, ops) -> object:
+    """Result dtype of a real transform of an array of ``dtype`` (family ``ops``).
 
-    float32 and float64 are kept.  A new result promotes integers to float64 and float16 to
-    float32 (as scipy.fft does); in place, only float32 and float64 are possible.
+    The dtypes the family keeps (``ops.kept_dtypes``: float32 and float64, plus float16 on
+    cupy and float16/bfloat16 on torch) are kept.  A new result promotes integers to float64
+    (torch: the default dtype) and, for numpy, float16 to float32, as scipy.fft does; in place
+    only the kept dtypes are possible.
     """
-    dtype = np.dtype(dtype)
-    allowed = "float32 or float64"
-    native = dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
-    if native in (np.float32, np.float64):
-        if dtype.isnative:
-            return dtype
-        if inplace:
-            raise TypeError(f"{name} must be in native byte order to be transformed in place, "
-                            f"got {dtype.str}")
-        return native
+    kind = ops.dtype_kind(dtype)
+    dname = ops.dtype_name(dtype)
+    allowed = " or ".join(ops.kept_dtypes)
+    if kind == "f" and dname in ops.kept_dtypes:
+        if ops.family == "numpy" and not np.dtype(dtype).isnative:
+            if inplace:
+                raise TypeError(f"{name} must be in native byte order to be transformed in "
+                                f"place, got {np.dtype(dtype).str}")
+            return np.dtype(dtype).newbyteorder("=")
+        return dtype
+    if kind == "c":
+        raise TypeError(f"{name} must be real ({allowed}, or integers); got complex dtype "
+                        f"{dname}: rdfft works on real data (see circfft.from_rfft for "
+                        "complex spectra)")
+    if kind not in "fiu":
+        raise TypeError(f"{name} must be a real floating-point ({allowed}) or integer array, "
+                        f"got dtype {dname}")
     if inplace:
-        raise TypeError(f"{name} must be {allowed} to be transformed in place, got {dtype}")
-    if dtype == np.float16:
-        return np.dtype(np.float32)
-    if dtype.kind in "iu":
-        return np.dtype(np.float64)
-    if dtype.kind == "c":
-        raise TypeError(f"{name} must be real ({allowed}, or integers); got complex dtype {dtype}: "
-                        "rdfft works on real data (see circfft.from_rfft for complex spectra)")
-    raise TypeError(f"{name} must be a real floating-point ({allowed}) or integer array, "
-                    f"got dtype {dtype}")
+        raise TypeError(f"{name} must be {allowed} to be transformed in place, got {dname}")
+    if kind == "f":
+        if dname == "float16":
+            return ops.dtype("float32")
+        raise TypeError(f"{name} must be a real floating-point ({allowed}) or integer array, "
+                        f"got dtype {dname}")
+    return ops.promoted_int_dtype()
 
 
-def same_view(a, b) -> bool:
-    """True when ``a`` and ``b`` are numpy arrays viewing exactly the same elements."""
-    if a is b:
-        return True
-    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
-        return False
-    return (a.dtype == b.dtype and a.shape == b.shape and a.strides == b.strides
-            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
-
-
-def check_out(out, x: np.ndarray, dtype: np.dtype) -> None:
-    """Check a separate ``out`` array for the result of transforming ``x``."""
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
-    if out.shape != x.shape:
-        raise ValueError(f"out has shape {out.shape}, expected the input's shape {x.shape}")
-    if out.dtype != dtype:
-        raise TypeError(f"out has dtype {out.dtype}, expected {dtype}")
-    if not out.flags.writeable:
-        raise ValueError("out is read-only")
-    if np.shares_memory(out, x):
-        raise ValueError("out overlaps x partially; pass out=x for an in-place transform "
-                         "or a separate array")
-
-
-def strides_self_overlap(shape, strides) -> bool:
-    """True when distinct indices of an array of this ``shape`` and ``strides`` (any unit) may
-    address the same memory, e.g. a broadcast or expanded view.  Sufficient test: sort the
-    axes by stride; each must step past everything the smaller ones reach."""
-    reach = 0
-    for stride, size in sorted((abs(s), n) for n, s in zip(shape, strides) if n > 1):
-        if stride <= reach:
-            return True
-        reach += stride * (size - 1)
-    return False
-
-
-def check_device_out(out, x, dtype, *, array_type, type_name: str, noun: str, hint: str,
-                     self_overlap, overlaps) -> None:
-    """Check a separate ``out`` for the result of transforming ``x`` on a device backend
-    (torch, cupy): type, shape, dtype, device, no internal overlap, no overlap with ``x``.
-    ``self_overlap(a)`` and ``overlaps(a, b)`` are the family's memory tests."""
-    if not isinstance(out, array_type):
-        raise TypeError(f"out must be a {type_name}, got {type(out).__name__}")
-    if out.shape != x.shape:
+def check_out(out, x, dtype, ops) -> None:
+    """Check a separate ``out`` for the result of transforming ``x``: type, shape, dtype,
+    device, writeable, no elements sharing memory, no overlap with ``x``."""
+    if not isinstance(out, ops.array_type):
+        raise TypeError(f"out must be a {ops.type_name}, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(x.shape):
         raise ValueError(f"out has shape {tuple(out.shape)}, expected the input's shape "
                          f"{tuple(x.shape)}")
     if out.dtype != dtype:
-        raise TypeError(f"out has dtype {out.dtype}, expected {dtype}")
-    if out.device != x.device:
-        raise ValueError(f"out is on {out.device} but x is on {x.device}")
-    if self_overlap(out):
-        raise ValueError(f"out has elements sharing memory ({hint})")
-    if overlaps(out, x):
+        raise TypeError(f"out has dtype {ops.dtype_name(out.dtype)}, expected "
+                        f"{ops.dtype_name(dtype)}")
+    if ops.device(out) != ops.device(x):
+        raise ValueError(f"out is on {ops.device(out)} but x is on {ops.device(x)}")
+    if not ops.writeable(out):
+        raise ValueError("out is read-only")
+    if ops.self_overlap(out):
+        raise ValueError("out has elements sharing memory (a broadcast or expanded view?)")
+    if ops.overlaps(out, x):
         raise ValueError("out overlaps x partially; pass out=x for an in-place transform "
-                         f"or a separate {noun}")
+                         "or a separate array")

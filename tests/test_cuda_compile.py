@@ -1,7 +1,7 @@
 """Compile every CUDA kernel instantiation with ``nvcc --ptx`` (no GPU needed).
 
 For each source, a small translation unit includes it and takes the address of every name
-expression that :func:`circfft.backends.cupy_backend.kernel_instantiations` lists (which
+expression that :func:`circfft.backends._cuda_build.kernel_instantiations` lists (which
 instantiates the template exactly as CuPy's ``name_expressions`` would), compiles it to PTX
 for sm_80 and sm_90, and checks that nvcc succeeded and that each kernel's mangled entry is in
 the PTX.  Skipped where nvcc is not installed.
@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from circfft.backends.cupy_backend import kernel_instantiations
+from circfft.backends._cuda_build import kernel_instantiations
 from circfft.backends._cuda_build import CUDA_DIR, STORAGE_TYPES
 
 pytestmark = [

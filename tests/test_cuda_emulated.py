@@ -64,7 +64,7 @@ def selftest(emu_build_dir) -> EmulatedModule:
 
 def _instantiations():
     """``kernel_instantiations()`` of the GPU backend (importable without cupy)."""
-    from circfft.backends.cupy_backend import kernel_instantiations
+    from circfft.backends._cuda_build import kernel_instantiations
 
     return kernel_instantiations()
 

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 import circfft
-from circfft import _dispatch
-from circfft.backends import _cuda_build, cupy_backend
-from cuda_emulation.emulator import EmulatedModule, build_module, gxx_unavailable_reason
+from circfft.backends import _registry as _dispatch
+from circfft.backends import _cuda_launch
+from cuda_emulation.emulator import gxx_unavailable_reason
+from cuda_emulation.kernel_set import BIG_SMEM, SMALL_SMEM, EmulatedKernelSet, build_kernels
 from oracles import (STORAGE_EPS, assert_close, block_circulant_matrix_oracle,
                      circular_convolution_oracle, circular_correlation_oracle,
                      packed_rfft_oracle, row_norms, scale_factor, tolerance)
@@ -27,9 +28,6 @@ from oracles import (STORAGE_EPS, assert_close, block_circulant_matrix_oracle,
 pytestmark = pytest.mark.skipif(gxx_unavailable_reason() is not None,
                                 reason=f"CUDA emulation: {gxx_unavailable_reason()}")
 
-DTYPES = ("float32", "float64", "float16")
-#: A100/H100-like opt-in shared memory, and a small one that forces the multi-pass path.
-BIG_SMEM, SMALL_SMEM = 227 * 1024, 4096
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,7 +76,7 @@ def make_fake_cupy():
     for name in ("float16", "float32", "float64", "complex64", "int32", "int64",
                  "result_type", "shares_memory"):
         setattr(cp, name, getattr(np, name))
-    for name in ("empty", "zeros", "arange", "moveaxis", "broadcast_to", "asarray"):
+    for name in ("empty", "zeros", "arange", "moveaxis", "broadcast_to", "asarray", "multiply"):
         setattr(cp, name, _returning_fake(getattr(np, name)))
     cp.array = _returning_fake(lambda a, dtype=None, order="K", copy=True:
                                np.array(a, dtype=dtype, order=order, copy=copy))
@@ -95,45 +93,31 @@ def make_fake_cupy():
 @pytest.fixture(scope="module")
 def modules(tmp_path_factory):
     """The emulated kernels, built once: {(kernel, dtype name): EmulatedKernel}."""
-    build = tmp_path_factory.mktemp("cupy_backend_emu")
-    kernels = {}
-    for source, names in _cuda_build.KERNELS.items():
-        # One library per source with every dtype's options (the shim defines all storage
-        # types); the backend itself builds one module per (source, dtype).
-        exprs = sorted({_cuda_build.name_expression(k, d) for k in names for d in DTYPES})
-        options = list(_cuda_build.COMPILE_OPTIONS)
-        for d in DTYPES:
-            options += [o for o in _cuda_build.compile_options(d) if o not in options]
-        module = EmulatedModule(build_module(_cuda_build.CUDA_DIR / source, exprs, build,
-                                             options=options))
-        for k in names:
-            for d in DTYPES:
-                kernels[(k, d)] = module.get_function(_cuda_build.name_expression(k, d))
-    return kernels
+    return build_kernels(tmp_path_factory.mktemp("cupy_backend_emu"))
 
 
 @pytest.fixture
-def cp(monkeypatch, modules):
+def kernels(modules):
+    """The kernel set the backend launches through (A100/H100-like shared memory)."""
+    return EmulatedKernelSet(modules, smem=BIG_SMEM)
+
+
+@pytest.fixture
+def cp(monkeypatch, kernels):
     """Install the stand-in cupy and route the backend's launches to the emulated kernels."""
     fake = make_fake_cupy()
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setattr(cupy_backend, "cupy", None)       # bound to the fake by load()
     monkeypatch.setattr(_dispatch, "_loaded", {k: v for k, v in _dispatch._loaded.items()
                                                if k != "cupy"})
     monkeypatch.setattr(_dispatch, "_failed", {k: v for k, v in _dispatch._failed.items()
                                                if k != "cupy"})
-    monkeypatch.setattr(cupy_backend, "get_kernel", lambda k, d: modules[(k, d)])
-    monkeypatch.setattr(cupy_backend, "twiddle_table",
-                        lambda n, cd: _wrap(_cuda_build._twiddle_host(n).astype(cd)))
-    set_smem(monkeypatch, BIG_SMEM)
-    monkeypatch.setattr(cupy_backend, "BLOCK", 32)        # fewer emulated threads per launch
+    monkeypatch.setattr(_cuda_launch, "cupy_kernel_set", lambda: kernels)
     assert circfft.backends.get_backend("cupy").family == "cupy"
     return fake
 
 
-def set_smem(monkeypatch, smem):
-    monkeypatch.setattr(cupy_backend, "device_limits",
-                        lambda: {"smem_optin": smem, "sm_count": 1})
+def set_smem(kernels, smem):
+    kernels._limits["smem_optin"] = smem
 
 
 def _check(x0, X, dtype, extra_rel=0.0):
@@ -148,8 +132,8 @@ def _check(x0, X, dtype, extra_rel=0.0):
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("smem", [BIG_SMEM, SMALL_SMEM])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_transform_in_place_one_and_multi_pass(cp, monkeypatch, smem, dtype):
-    set_smem(monkeypatch, smem)
+def test_transform_in_place_one_and_multi_pass(cp, kernels, smem, dtype):
+    set_smem(kernels, smem)
     rng = np.random.default_rng(1)
     for log2n in (1, 2, 3, 6, 10):
         n = 1 << log2n
@@ -161,9 +145,9 @@ def test_transform_in_place_one_and_multi_pass(cp, monkeypatch, smem, dtype):
         assert_close(np.asarray(x), x0, tolerance(n, dtype, row_norms(x0).max()))
 
 
-def test_multi_pass_chunks_rows(cp, monkeypatch):
-    set_smem(monkeypatch, SMALL_SMEM)
-    monkeypatch.setattr(cupy_backend, "WORK_ELEMENTS", 256)    # two rows per chunk
+def test_multi_pass_chunks_rows(cp, kernels):
+    set_smem(kernels, SMALL_SMEM)
+    kernels.work_elements = 256                                  # two rows per chunk
     x = cp.asarray(np.random.default_rng(2).standard_normal((5, 128)))
     x0 = np.array(x)
     circfft.rdfft(x, out=x)
@@ -171,8 +155,8 @@ def test_multi_pass_chunks_rows(cp, monkeypatch):
 
 
 @pytest.mark.parametrize("smem", [BIG_SMEM, SMALL_SMEM])
-def test_strided_views_and_axis(cp, monkeypatch, smem):
-    set_smem(monkeypatch, smem)
+def test_strided_views_and_axis(cp, kernels, smem):
+    set_smem(kernels, smem)
     rng = np.random.default_rng(3)
     n = 256
     parent = cp.asarray(rng.standard_normal((6, 3, 2 * n)).astype(np.float32))
@@ -202,8 +186,8 @@ def test_norms_and_other_lengths(cp, norm, n):
 
 
 @pytest.mark.parametrize("smem", [BIG_SMEM, SMALL_SMEM])
-def test_float16_storage(cp, monkeypatch, smem):
-    set_smem(monkeypatch, smem)
+def test_float16_storage(cp, kernels, smem):
+    set_smem(kernels, smem)
     h = cp.asarray(np.random.default_rng(5).standard_normal((3, 512)).astype(np.float16))
     H = circfft.rdfft(h)
     assert H.dtype == np.float16
@@ -226,17 +210,17 @@ def test_bad_input_leaves_data_alone(cp):
 @pytest.mark.parametrize("n", [1, 2, 7, 8])
 @pytest.mark.parametrize("conj", [False, True])
 def test_spectral_mul(cp, n, conj):
-    be = circfft.backends.get_backend("cupy")
     rng = np.random.default_rng(n)
     a, b = rng.standard_normal((3, n)), rng.standard_normal(n)
     A, B = circfft.rdfft(cp.asarray(a)), circfft.rdfft(cp.asarray(b))
     expected = (circular_correlation_oracle if conj else circular_convolution_oracle)(a, b)
     atol = 3 * tolerance(n, np.float64, np.abs(a).sum() * np.abs(b).sum())
-    assert_close(np.asarray(circfft.irdfft(be.spectral_mul(A, B, conj=conj))), expected, atol)
+    assert_close(np.asarray(circfft.irdfft(circfft.spectral_mul(A, B, conj=conj))), expected,
+                 atol)
     B3 = cp.asarray(np.ascontiguousarray(np.broadcast_to(np.asarray(B), (3, n))))
-    assert be.spectral_mul(A, B3, conj=conj, out=B3) is B3
+    assert circfft.spectral_mul(A, B3, conj=conj, out=B3) is B3
     assert_close(np.asarray(circfft.irdfft(B3)), expected, atol)
-    assert be.spectral_mul(A, B, conj=conj, out=A) is A
+    assert circfft.spectral_mul(A, B, conj=conj, out=A) is A
     assert_close(np.asarray(circfft.irdfft(A)), expected, atol)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import circfft
-from circfft import _dispatch
+from circfft.backends import _registry as _dispatch
 from circfft.backends import Backend
 
 from _spy_backend import BrokenBackend, OtherFamilyBackend, SpyBackend
@@ -243,7 +243,7 @@ def test_numba_missing_falls_back_to_numpy():
 import json, sys
 sys.modules["numba"] = None          # make "import numba" fail
 import numpy as np, circfft
-from circfft import _dispatch
+from circfft.backends import _registry as _dispatch
 st = circfft.backends.available()["numba"]
 x = np.arange(8.0)
 X = circfft.rdfft(x)

@@ -214,16 +214,12 @@ def test_fft_route_saves_only_x():
 
 
 @pytest.mark.parametrize("torch_fft", [False, True], ids=["numba-views", "torch-fft"])
-def test_multichunk_threads_and_torch_fft_path(monkeypatch, torch_fft):
-    """Many chunks shared by two threads (per-thread gradient accumulators summed), and the
-    torch.fft transform path that CUDA tensors take (forced on CPU tensors)."""
-    from circfft.backends import torch_backend as tb
+def test_multichunk_and_torch_fft_path(torch_fft):
+    """Many chunks (gradient sums accumulated over them), and the torch.fft transform path
+    that CUDA tensors take without CuPy (forced on CPU tensors)."""
+    import circfft
 
-    monkeypatch.setattr(_fourierft, "CHUNK_ELEMENTS", 64)
-    monkeypatch.setattr(tb, "_force_torch_fft", torch_fft)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with circfft.config(chunk_elements=64, torch_fft=torch_fft):
         out_f, in_f = 24, 20
         rows, cols, f, x = _case(out_f, in_f, 50, tokens=(37,))
         gy = torch.randn(37, out_f, dtype=torch.float64,
@@ -233,8 +229,6 @@ def test_multichunk_threads_and_torch_fft_path(monkeypatch, torch_fft):
         fc, xc = f.clone().requires_grad_(), x.clone().requires_grad_()
         y = F.fourierft_matmul(xc, fc, rows, cols, out_f, SCALING, route="fft")
         (y * gy).sum().backward()
-    finally:
-        torch.set_num_threads(previous)
     _check(y, _reference(x, f, rows, cols, out_f), f, x, out_f, SCALING, np.float64)
     _check(xc.grad, xr.grad, f, gy, in_f, SCALING, np.float64, "grad x")
     tol = ((TOL_C * (np.log2(in_f) + np.log2(out_f)) + 4.0) * np.finfo(np.float64).eps * 2.0

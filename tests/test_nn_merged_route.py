@@ -18,9 +18,8 @@ torch = pytest.importorskip("torch")
 from oracles import (assert_close, block_circulant_fold_oracle,  # noqa: E402
                      block_circulant_matrix_oracle, fourierft_dense_oracle, tolerance)
 
+import circfft  # noqa: E402
 import circfft.nn as cnn  # noqa: E402
-import circfft.nn._fourierft as _fft  # noqa: E402
-import circfft.nn.layers as layers  # noqa: E402
 from _autograd_spy import saved_tensors  # noqa: E402
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -88,12 +87,13 @@ def _run(layer, x, gen):
 @pytest.mark.parametrize("kind", ["linear", "linear-nobias", "conv1d"])
 @pytest.mark.parametrize("d_in,d_out,b", [(24, 16, 8), (12, 36, 4), (15, 10, 5), (7, 7, 7)])
 @pytest.mark.parametrize("pieces", ["whole", "block-rows"])
-def test_circulant_merged_route_matches_dense_oracle(kind, d_in, d_out, b, pieces,
-                                                     monkeypatch):
-    import circfft.backends.torch_backend as tb
-
+def test_circulant_merged_route_matches_dense_oracle(kind, d_in, d_out, b, pieces):
     # the circulant blocks added to the merged weight all at once, or one block row at a time
-    monkeypatch.setattr(tb, "MERGED_PIECE_ELEMENTS", 10 ** 9 if pieces == "whole" else 1)
+    with circfft.config(chunk_elements=10 ** 9 if pieces == "whole" else 1):
+        _check_circulant_merged_route(kind, d_in, d_out, b)
+
+
+def _check_circulant_merged_route(kind, d_in, d_out, b):
     gen = torch.Generator().manual_seed(d_in * 31 + d_out + b)
     base, W, bias = _base(kind.split("-")[0], d_in, d_out, kind != "linear-nobias", gen)
     layer = cnn.CirculantAdapter(base, b, scale=0.37, init="normal")
@@ -114,9 +114,12 @@ def test_circulant_merged_route_matches_dense_oracle(kind, d_in, d_out, b, piece
 @pytest.mark.parametrize("kind", ["linear", "conv1d"])
 @pytest.mark.parametrize("d_in,d_out,n", [(16, 8, 20), (12, 20, 240), (15, 9, 30), (7, 6, 1)])
 @pytest.mark.parametrize("grad_path", ["gather", "matmul"])
-def test_fourierft_merged_route_matches_dense_oracle(kind, d_in, d_out, n, grad_path,
-                                                     monkeypatch):
-    monkeypatch.setattr(_fft, "GATHER_GRAD_RATIO", 0 if grad_path == "gather" else 10 ** 9)
+def test_fourierft_merged_route_matches_dense_oracle(kind, d_in, d_out, n, grad_path):
+    with circfft.config(fourierft_grad="gather" if grad_path == "gather" else "dense"):
+        _check_fourierft_merged_route(kind, d_in, d_out, n)
+
+
+def _check_fourierft_merged_route(kind, d_in, d_out, n):
     gen = torch.Generator().manual_seed(d_in * 17 + d_out + n)
     base, W, bias = _base(kind, d_in, d_out, True, gen)
     torch.manual_seed(5)
@@ -143,16 +146,16 @@ def test_fourierft_merged_route_matches_dense_oracle(kind, d_in, d_out, n, grad_
 @pytest.mark.parametrize("make", [
     lambda base: cnn.CirculantAdapter(base, 4, init="normal"),
     lambda base: cnn.FourierFTAdapter(base, n_frequency=30)])
-def test_merged_and_separate_routes_agree(make, monkeypatch):
+def test_merged_and_separate_routes_agree(make):
     gen = torch.Generator().manual_seed(8)
     base, W, _ = _base("linear", 16, 12, True, gen)
     layer = make(base)
     x = _inputs(16, gen)
     outs = []
-    for merged in (True, False):
-        monkeypatch.setattr(layers, "MERGED_ROUTE", merged)
+    for route in ("merged", "separate"):
         layer.zero_grad(set_to_none=True)
-        xx, y, g = _run(layer, x, torch.Generator().manual_seed(9))
+        with circfft.config(adapter_route=route):
+            xx, y, g = _run(layer, x, torch.Generator().manual_seed(9))
         p = next(p for p in layer.parameters() if p.requires_grad)
         outs.append((_np(y), _np(xx.grad), _np(p.grad)))
     for a, b, what in zip(outs[0], outs[1], ("forward", "grad x", "grad adapter")):
@@ -220,21 +223,19 @@ def test_merged_route_saves_only_x_and_small_tensors(make):
 @pytest.mark.parametrize("make", [
     lambda base: cnn.CirculantAdapter(base, 4, init="normal"),
     lambda base: cnn.FourierFTAdapter(base, n_frequency=30)])
-def test_chunked_gradients_and_empty_input(make, monkeypatch):
+def test_chunked_gradients_and_empty_input(make):
     """Token chunks of one row give the same gradients; zero tokens give zero gradients."""
-    import circfft.backends.torch_backend as tb
-
-    monkeypatch.setattr(_fft, "GATHER_GRAD_RATIO", 0)        # the chunked gather path
     gen = torch.Generator().manual_seed(12)
     base, W, _ = _base("linear", 16, 12, True, gen)
     layer = make(base)
     p = next(p for p in layer.parameters() if p.requires_grad)
     x = _inputs(16, gen)
     grads = []
-    for chunk in (tb.LINEAR_CHUNK_ELEMENTS, 1):
-        monkeypatch.setattr(tb, "LINEAR_CHUNK_ELEMENTS", chunk)
+    for chunk in (circfft.get_config().chunk_elements, 1):
         layer.zero_grad(set_to_none=True)
-        _run(layer, x, torch.Generator().manual_seed(3))
+        # fourierft_grad="gather": the chunked gather path
+        with circfft.config(chunk_elements=chunk, fourierft_grad="gather"):
+            _run(layer, x, torch.Generator().manual_seed(3))
         grads.append(_np(p.grad))
     assert_close(grads[1], grads[0], 64 * EPS32 * np.abs(grads[0]).max(), "chunked")
     layer.zero_grad(set_to_none=True)

@@ -62,15 +62,11 @@ def test_same_results_and_gradients(shape, transpose, dtype):
 
 
 @pytest.mark.parametrize("torch_fft", [False, True], ids=["numba-views", "torch-fft"])
-def test_multichunk_threads_and_torch_fft_path(monkeypatch, torch_fft):
-    """Several chunks shared by two threads, and the torch.fft path CUDA tensors take."""
-    from circfft.backends import torch_backend as tb
+def test_multichunk_and_torch_fft_path(torch_fft):
+    """Several chunks, and the torch.fft path CUDA tensors take without CuPy."""
+    import circfft
 
-    monkeypatch.setattr(tb, "CHUNK_ELEMENTS", 64)
-    monkeypatch.setattr(tb, "_force_torch_fft", torch_fft)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with circfft.config(chunk_elements=64, torch_fft=torch_fft):
         for shape, transpose in CASES[:4]:
             w, x, a, g = _inputs(shape, transpose, tokens=(45,))
 
@@ -82,8 +78,6 @@ def test_multichunk_threads_and_torch_fft_path(monkeypatch, torch_fft):
             assert torch.equal(y0, y1)
             for a0, a1 in zip(g0, g1):
                 assert torch.equal(a0, a1)
-    finally:
-        torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("shape,transpose", CASES[:5], ids=str)

@@ -1,20 +1,13 @@
-"""Backends: one module each, imported on first use.
+"""Backends: the registry that picks one per array, the protocol they follow, and the built-ins.
 
-``available()`` lists every backend with its state; ``Backend`` is the base class for
-third-party backends (entry-point group ``circfft.backends``).
+``available()`` lists every backend with its state; :class:`Backend` is the protocol a
+third-party backend implements (entry-point group ``circfft.backends``; see the docs' backends
+page).  Built-in backends are imported on first use, so importing this package imports neither
+numba, torch nor cupy.
 """
 from ._base import Backend, BackendUnavailable
+from ._registry import (BackendStatus, array_family, available, get_backend, register_backend,
+                        resolve, set_backend)
 
 __all__ = ["Backend", "BackendUnavailable", "BackendStatus", "available", "get_backend",
-           "register_backend"]
-
-_FROM_DISPATCH = {"BackendStatus", "available", "get_backend", "register_backend"}
-
-
-def __getattr__(name):
-    # The registry lives in circfft._dispatch, which imports this package: resolve lazily.
-    if name in _FROM_DISPATCH:
-        from .. import _dispatch
-
-        return getattr(_dispatch, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+           "register_backend", "resolve", "set_backend", "array_family"]

@@ -164,11 +164,14 @@ def _limits(device: int) -> dict:
     }
 
 
-def device_limits() -> dict:
-    """``smem_optin`` (bytes of dynamic shared memory a block may use) and ``sm_count``."""
-    import cupy
+def device_limits(device: int | None = None) -> dict:
+    """``smem_optin`` (bytes of dynamic shared memory a block may use) and ``sm_count`` of
+    ``device`` (default: CuPy's current device)."""
+    if device is None:
+        import cupy
 
-    return _limits(cupy.cuda.Device().id)
+        device = cupy.cuda.Device().id
+    return _limits(device)
 
 
 def twiddle_table(n: int, compute_dtype):

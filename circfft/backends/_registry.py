@@ -17,7 +17,8 @@ import threading
 from contextvars import ContextVar
 from typing import NamedTuple
 
-from .backends._base import Backend, BackendUnavailable
+from ._array_ops import array_family
+from ._base import Backend, BackendUnavailable
 
 __all__ = ["BackendStatus", "available", "get_backend", "resolve", "set_backend",
            "array_family", "register_backend"]
@@ -116,19 +117,6 @@ def available() -> dict[str, BackendStatus]:
         else:
             result[name] = BackendStatus(name, backend.family, True, "")
     return result
-
-
-def array_family(x) -> str:
-    """``"torch"``, ``"cupy"`` or ``"numpy"`` (numpy arrays and anything array-like)."""
-    # isinstance against modules already imported: cheap, never imports a library, and
-    # traceable by torch.compile (reading ``type(x).__module__`` of an nn.Parameter is not).
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
-        return "torch"
-    cupy = sys.modules.get("cupy")
-    if cupy is not None and isinstance(x, cupy.ndarray):
-        return "cupy"
-    return "numpy"
 
 
 def _torch_is_compiling() -> bool:

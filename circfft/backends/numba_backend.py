@@ -23,7 +23,7 @@ per worker thread is therefore ``2 * 64 * n`` bytes (at most 8 MiB) for ``n <= 2
 rows (``2 * n`` elements) beyond; it never grows with the number of rows.  Each calling thread
 keeps its last scratch (up to ``KEEP_SCRATCH_BYTES``) for its next call: see ``get_scratch``.
 
-Non-power-of-two lengths go through :func:`numpy_backend.transform_any_length`.
+Non-power-of-two lengths go through :func:`._base.transform_any_length`.
 """
 from __future__ import annotations
 
@@ -32,8 +32,7 @@ import threading
 import numpy as np
 
 from .._plan import get_plan, is_power_of_two
-from ._base import Backend, BackendUnavailable, as_rows, iter_row_blocks
-from .numpy_backend import BLOCK_ELEMENTS, transform_any_length
+from ._base import Backend, BackendUnavailable, as_rows, iter_row_blocks, transform_any_length
 
 __all__ = ["NumbaBackend"]
 
@@ -103,7 +102,7 @@ class NumbaBackend(Backend):
             x *= scale
             return
         if not is_power_of_two(n):
-            for block in iter_row_blocks(x, BLOCK_ELEMENTS):
+            for block in iter_row_blocks(x):
                 transform_any_length(block, forward, scale)
             return
         import numba

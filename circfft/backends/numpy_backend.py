@@ -9,21 +9,17 @@ rows instead of looped:
 
 The inverse runs the three steps backwards (merge, decimation-in-time FFT with conjugate
 twiddles, de-interleave).  Other lengths (odd ones too) use ``numpy.fft`` on a block of rows and
-repack.  Work happens on blocks of at most ``BLOCK_ELEMENTS`` elements (and at least one row), so
-temporaries never grow with the number of rows.
+repack.  Work happens on chunks of rows (:mod:`circfft._chunking`), so temporaries never grow
+with the number of rows.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .._plan import get_plan, is_power_of_two
-from ._base import Backend, iter_row_blocks
+from ._base import Backend, iter_row_blocks, transform_any_length
 
-__all__ = ["NumpyBackend", "BLOCK_ELEMENTS", "transform_any_length"]
-
-#: Largest block (in elements) handled in one vectorised step; at least one row is always taken.
-BLOCK_ELEMENTS = 1 << 16
-
+__all__ = ["NumpyBackend"]
 
 def _twiddle(plan, step: int, count: int) -> np.ndarray:
     """``exp(-2j*pi*step*j/n)`` for ``j < count`` as complex numbers in the plan's dtype."""
@@ -105,34 +101,6 @@ def _inverse_pow2(x: np.ndarray, scale: float) -> None:
     x[:, 1::2] = scale * z.imag
 
 
-def _pack(Y: np.ndarray, n: int, out: np.ndarray, scale: float) -> None:
-    """Write the half spectrum ``Y`` (rows, n//2+1) into ``out`` in halfcomplex order."""
-    h = n // 2
-    out[:, : h + 1] = scale * Y.real
-    ni = (n - 1) // 2                           # number of imaginary slots
-    if ni:
-        out[:, n - ni:] = scale * Y.imag[:, ni:0:-1]
-
-
-def _unpack(X: np.ndarray, n: int) -> np.ndarray:
-    """Halfcomplex rows -> complex half spectrum (rows, n//2+1)."""
-    h = n // 2
-    Y = X[:, : h + 1].astype(np.result_type(X.dtype, np.complex64))
-    ni = (n - 1) // 2
-    if ni:
-        Y.imag[:, 1: ni + 1] = X[:, n - 1: n - ni - 1: -1]
-    return Y
-
-
-def transform_any_length(x: np.ndarray, forward: bool, scale: float) -> None:
-    """Any length, in place on the block ``x`` (rows, n), through ``numpy.fft`` (one temporary)."""
-    n = x.shape[1]
-    if forward:
-        _pack(np.fft.rfft(x, axis=1), n, x, scale)
-    else:
-        x[...] = np.fft.irfft(_unpack(x, n), n=n, axis=1, norm="forward") * scale
-
-
 class NumpyBackend(Backend):
     """Plain-numpy reference backend (always available)."""
 
@@ -144,7 +112,7 @@ class NumpyBackend(Backend):
 
     def execute(self, x: np.ndarray, *, forward: bool, scale: float, workers: int) -> None:
         n = x.shape[-1]
-        for block in iter_row_blocks(x, BLOCK_ELEMENTS):
+        for block in iter_row_blocks(x):
             if n == 1:
                 block *= scale
             elif is_power_of_two(n):

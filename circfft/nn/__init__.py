@@ -16,7 +16,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("circfft.nn needs PyTorch: pip install 'circfft[torch]'") from exc
 
-from .._dispatch import get_backend
+from ..backends import get_backend
 
 # Load the torch backend now: torch.compile(fullgraph=True) cannot trace its first import.
 get_backend("torch")

@@ -35,12 +35,10 @@ import threading
 
 import torch
 
-__all__ = ["fourierft_plan", "fourierft_apply", "fourierft_delta_weight", "choose_route",
-           "fourierft_linear", "CHUNK_ELEMENTS", "DENSE_FLOP_WEIGHT", "GATHER_GRAD_RATIO",
-           "SAVE_MERGED_WEIGHT"]
+from .._chunking import chunk_ranges
 
-#: Rows are processed in chunks whose gathered temporaries hold about this many elements.
-CHUNK_ELEMENTS = 1 << 18
+__all__ = ["fourierft_plan", "fourierft_apply", "fourierft_delta_weight", "choose_route",
+           "DENSE_FLOP_WEIGHT"]
 
 _HALF = (torch.float16, torch.bfloat16)
 _lock = threading.Lock()
@@ -96,22 +94,16 @@ def fourierft_plan(rows, cols, d_out: int, d_in: int):
 # ---------------------------------------------------------------------------------------------
 # Custom operators: chunked forward and backward
 # ---------------------------------------------------------------------------------------------
-def _rows_per_chunk(T, width):
-    return max(1, min(T, CHUNK_ELEMENTS // max(1, width)))
-
-
 def _transform_(buf, forward, scale, weighted):
-    torch.ops.circfft.transform_(buf, 1, forward, scale, 1, weighted)
+    torch.ops.circfft.transform_(buf, 1, forward, scale, torch.get_num_threads(), weighted)
 
 
-def _chunked(T, tc, device, make_state, body):
-    """Run ``body(state, t0, t1)`` over row chunks, shared among Python threads on the CPU
-    with torch's own pool at one thread (the torch backend's scheme: chunk-sized operations
-    are too small for a fork-join pool, which costs milliseconds per call on a busy machine)."""
-    from ..backends import torch_backend as tb
-
-    with tb._torch_single_threaded():
-        return tb._run_chunks(T, tc, make_state, body, tb._chunk_threads(device))
+def _ranges(x, width):
+    """Row chunks on the CPU (:mod:`circfft._chunking`); all rows at once on a GPU."""
+    T = int(x.shape[0])
+    if x.device.type != "cpu":
+        return [(0, T)] if T else []
+    return chunk_ranges(T, width)
 
 
 def _fwd_impl(x, spectrum, src, dst, kidx, coef, d_out: int, scale: float):
@@ -121,17 +113,13 @@ def _fwd_impl(x, spectrum, src, dst, kidx, coef, d_out: int, scale: float):
     if T == 0:
         return y
     vals = spectrum.to(cd)[kidx] * coef.to(cd)              # (J,) entries of M(f)
-    tc = _rows_per_chunk(T, max(d_in, d_out, src.numel()))
-
-    def body(_, t0, t1):
+    for t0, t1 in _ranges(x, max(d_in, d_out, src.numel())):
         Xp = x[t0:t1].to(cd, copy=True)
         _transform_(Xp, True, 1.0, False)                   # Xp = rdfft(x)
         g = torch.index_select(Xp, 1, src).mul_(vals)       # (faster than Xp[:, src])
         Yp = y[t0:t1]
         Yp.index_add_(1, dst, g)                            # Yp = M(f) Xp
         _transform_(Yp, False, scale / d_out, False)        # y = scale * irdfft(Yp)
-
-    _chunked(T, tc, x.device, lambda: None, body)
     return y
 
 
@@ -150,32 +138,23 @@ def _bwd_impl(gy, x, spectrum, src, dst, kidx, coef, scale: float, need_x: bool,
     acc_dt = torch.float64 if dev.type == "cpu" or cd == torch.float64 else cd
     J = src.numel()
     vals = spectrum.to(cd)[kidx] * coef.to(cd)
-    tc = _rows_per_chunk(T, max(d_in, d_out, J))
-
-    def make_state():
-        return {"acc": torch.zeros(J if need_f else 0, dtype=acc_dt, device=dev)}
-
-    def body(st, t0, t1):
-        # gY = irdfft^T(scale * gy) = (scale / d_out) D^{-1} F gy
-        gY = gy[t0:t1].to(cd, copy=True)
-        _transform_(gY, True, scale / d_out, True)
-        gd = torch.index_select(gY, 1, dst)                 # (t, J)
-        if need_f:
-            Xp = x[t0:t1].to(cd, copy=True)                 # recompute rdfft(x)
-            _transform_(Xp, True, 1.0, False)
-            st["acc"] += (gd * torch.index_select(Xp, 1, src)).sum(0, dtype=acc_dt)
-        if need_x:
-            dXp = torch.zeros((t1 - t0, d_in), dtype=cd, device=dev)
-            dXp.index_add_(1, src, gd.mul_(vals))           # M(f)^T gY
-            _transform_(dXp, False, 1.0, True)              # rdfft^T = B D
-            dx[t0:t1] = dXp
-
-    states = [make_state()]
-    if T and (need_x or need_f):
-        states = _chunked(T, tc, dev, make_state, body)
+    acc = torch.zeros(J if need_f else 0, dtype=acc_dt, device=dev)
+    if need_x or need_f:
+        for t0, t1 in _ranges(x, max(d_in, d_out, J)):
+            # gY = irdfft^T(scale * gy) = (scale / d_out) D^{-1} F gy
+            gY = gy[t0:t1].to(cd, copy=True)
+            _transform_(gY, True, scale / d_out, True)
+            gd = torch.index_select(gY, 1, dst)             # (t, J)
+            if need_f:
+                Xp = x[t0:t1].to(cd, copy=True)             # recompute rdfft(x)
+                _transform_(Xp, True, 1.0, False)
+                acc += (gd * torch.index_select(Xp, 1, src)).sum(0, dtype=acc_dt)
+            if need_x:
+                dXp = torch.zeros((t1 - t0, d_in), dtype=cd, device=dev)
+                dXp.index_add_(1, src, gd.mul_(vals))       # M(f)^T gY
+                _transform_(dXp, False, 1.0, True)          # rdfft^T = B D
+                dx[t0:t1] = dXp
     if need_f:
-        acc = states[0]["acc"] if len(states) == 1 else torch.stack(
-            [st["acc"] for st in states]).sum(0)
         df = torch.zeros(spectrum.shape[0], dtype=acc_dt, device=dev)
         df.index_add_(0, kidx, acc * coef.to(acc_dt))
         df = df.to(spectrum.dtype)
@@ -207,15 +186,11 @@ def _backward(ctx, gy):
 
 
 # ---------------------------------------------------------------------------------------------
-# Base layer and FourierFT update in one matmul: y = x (W + dW)^T + bias
+# The dense update
 # ---------------------------------------------------------------------------------------------
 # dW = scaling * Re(ifft2(F)) for the real sparse grid F equals scaling * ifft2(H) with the
 # Hermitian (real, point-symmetric) grid H = (F + F[-r, -c]) / 2, so one real 2-d transform
-# of H builds it (`fourierft_delta_weight`).  Its adjoint: for a real G,
-# d<G, dW>/df_k = (scaling / (d_out d_in)) Re(fft2(G))[rows_k, cols_k], read from rfft2(G)
-# (columns above d_in/2 through Re(fft2 G)[r, c] = Re(fft2 G)[-r, -c]).
-# Only x (the caller's tensor), the frozen weight and the n coefficients are saved; dW is
-# rebuilt in backward, so the route adds no activation memory.
+# of H builds it.
 def fourierft_delta_weight(spectrum, rows, cols, d_out: int, d_in: int, scaling: float,
                            dtype):
     """Dense ``dW = scaling * Re(ifft2(F))`` (d_out, d_in) in ``dtype``, ``F[rows_k, cols_k]``
@@ -245,118 +220,6 @@ def fourierft_delta_weight(spectrum, rows, cols, d_out: int, d_in: int, scaling:
     return torch.cat([R, right], dim=1)
 
 
-#: Keep the merged weight of `fourierft_linear` for backward (faster by one 2-d transform of
-#: the weight grid, but d_out x d_in more saved per layer) instead of rebuilding it there.
-SAVE_MERGED_WEIGHT = False
-
-#: The merged route's spectrum gradient gathers ``n`` products per token when
-#: ``n * GATHER_GRAD_RATIO < d_out * d_in``; otherwise it forms ``gy^T x`` (one matmul of
-#: ``tokens * d_out * d_in``) and reads ``n`` entries of its 2-d transform.
-GATHER_GRAD_RATIO = 256
-
-
-def _fourierft_dense_adjoint(G, rows, cols, scaling: float):
-    """``(scaling / N) Re(fft2(G))[rows, cols]`` for a real ``G`` (d_out, d_in)."""
-    d_out, d_in = G.shape
-    R = torch.fft.rfft2(G).real
-    r = rows.to(torch.int64)
-    c = cols.to(torch.int64)
-    right = c > d_in // 2
-    r = torch.where(right, (d_out - r) % d_out, r)
-    c = torch.where(right, d_in - c, c)
-    return R[r, c] * (scaling / (d_out * d_in))
-
-
-def _spectrum_grad(g2, x2, rows, cols, scaling: float):
-    """``d<G, dW>/df_k`` for ``G = gy^T x`` without forming ``G``: ``(scaling / N)
-    Re(fft2(G))[r_k, c_k] = (scaling / N) sum_tokens Re(fft(gy)[r_k] fft(x)[c_k])``, gathered
-    from the half spectra (``fft(v)[u] = conj(rfft(v)[d - u])`` above ``d/2``), in row chunks
-    whose gathered factors stay near the size of a few rows of ``x``."""
-    from ..backends.torch_backend import _row_chunks
-
-    T, d_in = x2.shape
-    d_out = g2.shape[1]
-    r = rows.to(torch.int64)
-    c = cols.to(torch.int64)
-    r_hi = r > d_out // 2
-    c_hi = c > d_in // 2
-    rh = torch.where(r_hi, d_out - r, r)
-    ch = torch.where(c_hi, d_in - c, c)
-    # Re(a b) with a = conj^p(A), b = conj^q(B): Re A Re B - s Im A Im B, s = (-1)^(p+q)
-    sgn = torch.where(r_hi == c_hi, -1.0, 1.0).to(x2.dtype)
-    acc = torch.zeros(r.numel(), dtype=x2.dtype, device=x2.device)
-    for t0, t1 in _row_chunks(T, r.numel()):
-        # frequencies first, so each gather copies whole rows (h, t, 2) -> (n, t, 2)
-        A = torch.view_as_real(torch.fft.rfft(g2[t0:t1].t(), dim=0)).index_select(0, rh)
-        B = torch.view_as_real(torch.fft.rfft(x2[t0:t1].t(), dim=0)).index_select(0, ch)
-        P = (A * B).sum(1)                                  # (n, 2): sums of Re*Re, Im*Im
-        acc += P[:, 0] + sgn * P[:, 1]
-    return acc * (scaling / (d_out * d_in))
-
-
-def _merged_weight(weight, spectrum, rows, cols, scaling):
-    d_out, d_in = weight.shape
-    return weight + fourierft_delta_weight(spectrum, rows, cols, d_out, d_in, scaling,
-                                           weight.dtype)
-
-
-def _linear_forward(x, weight, bias, spectrum, rows, cols, scaling):
-    x2 = x.reshape(-1, x.shape[-1])
-    wm = _merged_weight(weight, spectrum, rows, cols, scaling)
-    y = torch.addmm(bias, x2, wm.t()) if bias is not None else x2 @ wm.t()
-    return y.reshape(*x.shape[:-1], weight.shape[0]), wm
-
-
-def _linear_train_impl(x, weight, bias, spectrum, rows, cols, scaling: float):
-    return _linear_forward(x, weight, bias, spectrum, rows, cols, scaling)
-
-
-def _linear_train_fake(x, weight, bias, spectrum, rows, cols, scaling):
-    return x.new_empty((*x.shape[:-1], weight.shape[0])), weight.new_empty(weight.shape)
-
-
-def _linear_setup(ctx, inputs, output):
-    x, weight, bias, spectrum, rows, cols, scaling = inputs
-    ctx.scaling = scaling
-    ctx.has_bias = bias is not None
-    # Saving the merged weight (d_out x d_in per layer) would spare one build in backward, but
-    # across a model it adds more memory than PEFT's FourierFT peaks above (measured with
-    # `python -m circfft bench --adapters`): rebuild it if SAVE_MERGED_WEIGHT is False.
-    ctx.save_merged = SAVE_MERGED_WEIGHT
-    ctx.save_for_backward(x, output[1] if ctx.save_merged else weight, spectrum, rows, cols)
-
-
-def _linear_backward(ctx, gy, gwm):
-    x, w_saved, spectrum, rows, cols = ctx.saved_tensors
-    wm = w_saved if ctx.save_merged else None
-    need_x, need_weight, need_bias, need_f = (bool(ctx.needs_input_grad[i]) for i in range(4))
-    g2 = gy.reshape(-1, gy.shape[-1]).contiguous()          # (BLAS wants unit strides)
-    x2 = x.reshape(-1, x.shape[-1])
-    dx = dweight = dbias = df = None
-    if need_x:
-        if wm is None:
-            wm = _merged_weight(w_saved, spectrum, rows, cols, ctx.scaling)
-        dx = (g2 @ wm).reshape(x.shape)
-    if need_weight:
-        dweight = g2.t() @ x2
-    if need_f:
-        d_out, d_in = w_saved.shape
-        if rows.numel() * GATHER_GRAD_RATIO < d_out * d_in:
-            df = _spectrum_grad(g2, x2.to(g2.dtype), rows, cols, ctx.scaling)
-        else:
-            df = _fourierft_dense_adjoint(g2.t() @ x2.to(g2.dtype), rows, cols, ctx.scaling)
-        df = df.to(spectrum.dtype)
-    if need_bias and ctx.has_bias:
-        dbias = g2.sum(0)
-    return dx, dweight, dbias, df, None, None, None
-
-
-def fourierft_linear(x, weight, bias, spectrum, rows, cols, scaling: float):
-    """``x (weight + dW)^T + bias`` in one matmul (``dW`` PEFT's FourierFT update)."""
-    return torch.ops.circfft.fourierft_linear(x, weight, bias, spectrum, rows, cols,
-                                              float(scaling))[0]
-
-
 def _register():
     global _registered
     if _registered:
@@ -364,7 +227,7 @@ def _register():
     with _lock:
         if _registered:
             return
-        from .._dispatch import get_backend
+        from ..backends import get_backend
 
         get_backend("torch")                               # registers circfft::transform_
         lib = torch.library
@@ -380,12 +243,6 @@ def _register():
                    "Tensor kidx, Tensor coef, float scale, bool need_x, bool need_f) "
                    "-> (Tensor, Tensor)")
         bop.register_fake(_bwd_fake)
-        lop = lib.custom_op(
-            "circfft::fourierft_linear", _linear_train_impl, mutates_args=(),
-            schema="(Tensor x, Tensor weight, Tensor? bias, Tensor spectrum, Tensor rows, "
-                   "Tensor cols, float scaling) -> (Tensor, Tensor)")
-        lop.register_fake(_linear_train_fake)
-        lop.register_autograd(_linear_backward, setup_context=_linear_setup)
         _registered = True
 
 

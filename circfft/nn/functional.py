@@ -22,7 +22,7 @@ from .. import _circulant
 from . import _fourierft as _fft
 from .._transforms import irdfft as _irdfft
 from .._transforms import rdfft as _rdfft
-from .._dispatch import get_backend
+from ..backends import get_backend
 
 __all__ = ["rdfft", "irdfft", "spectral_mul", "circulant_matmul", "block_circulant_matmul",
            "circulant_diagonal_matmul", "circulant_dense", "block_circulant_dense",
@@ -136,7 +136,7 @@ def spectral_mul(A, B, *, conj=False, out=None, dim=-1):
     tensor([4., 1., 2., 3.])
     """
     _tensors(A=A, B=B)
-    return get_backend(_BACKEND).spectral_mul(A, B, conj=conj, out=out, axis=dim)
+    return _circulant.spectral_mul(A, B, conj=conj, out=out, axis=dim, backend=_BACKEND)
 
 
 def circulant_matmul(c, x, *, transpose=False):
@@ -158,27 +158,6 @@ def circulant_matmul(c, x, *, transpose=False):
     """
     _tensors(c=c, x=x)
     return _circulant.circulant_matmul(c, x, transpose=transpose, backend=_BACKEND)
-
-
-def _save_input_flag(save_input):
-    if not isinstance(save_input, bool):
-        raise TypeError(f"save_input must be True or False, got {save_input!r}")
-    return save_input
-
-
-def _bc_saving_input(named, w, x, pre, post, transpose):
-    """The ``save_input=True`` path: checks as in `circfft._circulant`, then the backend op."""
-    arrs, be = _circulant._prepare(named, _BACKEND)
-    m, n, b = _circulant._check_kernel(w)
-    shape = tuple(w.shape)
-    _circulant._check_input(x, m if transpose else n, b, "output" if transpose else "input",
-                            "w", shape)
-    if pre is not None:
-        a, g = (pre, post) if transpose else (post, pre)
-        _circulant._check_vector(a, m * b, "a", f"d_out = {m}*{b} for w of shape {shape}")
-        _circulant._check_vector(g, n * b, "g", f"d_in = {n}*{b} for w of shape {shape}")
-    return be.block_circulant_matmul(w, x, transpose=bool(transpose), pre=pre, post=post,
-                                     save_input=True)
 
 
 def block_circulant_matmul(w, x, *, transpose=False, save_input=False):
@@ -205,9 +184,8 @@ def block_circulant_matmul(w, x, *, transpose=False, save_input=False):
         ``x`` (or ``x`` itself with ``save_input=True``).
     """
     _tensors(w=w, x=x)
-    if _save_input_flag(save_input):
-        return _bc_saving_input([("x", x), ("w", w)], w, x, None, None, transpose)
-    return _circulant.block_circulant_matmul(w, x, transpose=transpose, backend=_BACKEND)
+    return _circulant.apply_block_circulant(w, x, transpose=transpose, backend=_BACKEND,
+                                            save_input=save_input)
 
 
 def circulant_diagonal_matmul(a, w, g, x, *, transpose=False, save_input=False):
@@ -235,12 +213,8 @@ def circulant_diagonal_matmul(a, w, g, x, *, transpose=False, save_input=False):
         Differentiable in ``a``, ``w``, ``g`` and ``x``.
     """
     _tensors(a=a, w=w, g=g, x=x)
-    if _save_input_flag(save_input):
-        pre, post = (a, g) if transpose else (g, a)
-        return _bc_saving_input([("a", a), ("g", g), ("w", w), ("x", x)], w, x, pre, post,
-                                transpose)
-    return _circulant.circulant_diagonal_matmul(a, w, g, x, transpose=transpose,
-                                                backend=_BACKEND)
+    return _circulant.apply_block_circulant(w, x, a=a, g=g, transpose=transpose,
+                                            backend=_BACKEND, save_input=save_input)
 
 
 def circulant_dense(c):

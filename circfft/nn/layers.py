@@ -7,32 +7,34 @@ adapter tensors keyed by adapter name, so state-dict keys read
 
 Conventions settled here:
 
-- **Orientation.**  ``delta_weight(name)`` is always float32 of shape ``(out_features,
-  in_features)`` (``nn.Linear`` orientation).  HF ``Conv1D`` stores its weight as ``(in, out)``
+- **Orientation.**  ``delta_weight(name)`` has shape ``(out_features, in_features)``
+  (``nn.Linear`` orientation), in the compute dtype (below).  HF ``Conv1D`` stores its weight as ``(in, out)``
   (``fan_in_fan_out=True``, detected from the module type, never from the config): only
   `merge` / `unmerge` transpose the delta for it.  The adapter tensors and FourierFT's entry
   grid are the same for both module types (PEFT does the same for FourierFT; its C3A has no
   ``Conv1D`` support).
-- **Precision.**  Adapter parameters are float32.  The update is computed in float32 (``x`` is
-  cast only when it is not float32 already) and cast to the base output's dtype before the sum,
-  so float16 / bfloat16 bases work.  `merge` adds the float32 delta to the weight in float32
-  and rounds once; `unmerge` subtracts the same float32 delta the same way, which restores the
-  original weight to one rounding of its dtype.
+- **Precision follows the model.**  The compute dtype is float64 for a float64 base layer
+  and float32 otherwise (float16 / bfloat16 bases store half precision and compute in
+  float32).  Adapter parameters are created in the compute dtype; the update is computed in
+  it (``x`` and the parameters are cast only when they differ) and cast to the base output's
+  dtype before the sum.  `merge` adds the delta to the weight in the compute dtype and rounds
+  once; `unmerge` subtracts it the same way, which restores the original weight to one
+  rounding of its dtype (float64 weights to float64 rounding).
 - **Memory.**  The circulant updates call the functional operators with ``save_input=True``
   and FourierFT uses :func:`circfft.nn.functional.fourierft_matmul`: autograd then keeps a
   reference to ``x`` (which the base layer saves anyway) and nothing else of ``x``'s size
   (for a float16/bfloat16 ``x`` the float32 copy is what is kept).
   ``CirculantDiagonalAdapter`` with ``factors > 1`` must keep its ``factors - 1`` intermediate
   activations.
-- **Merged route** (`MERGED_ROUTE`).  With one pending `CirculantAdapter` or `FourierFTAdapter`
-  on a plain float32 ``nn.Linear``/``Conv1D`` on the CPU (no hooks, an ordinary weight tensor;
-  on CUDA the separate route runs the circfft CUDA kernels), the layer
-  computes ``x (W + dW)^T + bias`` in one matmul (``circfft::block_circulant_linear`` /
-  ``circfft::fourierft_linear``); backward rebuilds ``W + dW`` for ``grad x`` and gets the
-  kernel / spectrum gradient from the spectra of ``x`` and ``grad y`` without forming
-  ``grad y^T x``.  It saves ``x``, the frozen weight and the adapter tensors only.  Half
-  precision, several pending adapters, hooked or sharded base layers take the separate route
-  (base layer plus the structured update above).
+- **Merged route** (``circfft.config(adapter_route=...)``, :mod:`circfft.nn._merged`).  With
+  one pending `CirculantAdapter` or `FourierFTAdapter` on a plain float32 or float64
+  ``nn.Linear``/``Conv1D`` (no hooks, an ordinary weight tensor of ``x``'s dtype and device),
+  the layer computes ``x (W + dW)^T + bias`` in one matmul; backward rebuilds ``W + dW`` for
+  ``grad x`` and gets the kernel / spectrum gradient from the spectra of ``x`` and ``grad y``
+  without forming ``grad y^T x``.  It saves ``x``, the frozen weight and the adapter tensors
+  only.  "auto" takes it wherever it applies, on every device (the rule and its measurements
+  are in the fine-tuning guide); half precision, several pending adapters, hooked or sharded
+  base layers take the separate route (base layer plus the structured update above).
 - **Scale** (`CirculantAdapter`): the update is ``scale * C(circ_kernel) x`` with ``scale`` =
   ``1/in_features`` ("fan_in", PEFT C3A's; the C3A kernel ``k`` maps to
   ``circ_kernel = roll(flip(k, -1), 1, -1)``, DESIGN §5), ``1/b`` ("block") or a float.
@@ -56,9 +58,10 @@ import warnings
 import torch
 from torch import nn
 
+from .._config import get_config
 from . import functional as F
 from ._fourierft import fourierft_delta_weight as _fourierft_delta_weight
-from ._fourierft import fourierft_linear as _fourierft_linear
+from ._merged import block_circulant_linear, fourierft_linear
 from .config import (AdapterConfig, CirculantConfig, CirculantDiagonalConfig,
                      FourierFTConfig)
 
@@ -66,16 +69,6 @@ __all__ = ["AdapterLayer", "CirculantAdapter", "CirculantDiagonalAdapter", "Four
            "SUPPORTED_BASE_TYPES", "base_layer_shape", "is_supported_base", "valid_block_sizes",
            "default_block_size",
            "LAYER_CLASSES"]
-
-#: Route switch: when True (default), a layer with one pending adapter on a plain float32
-#: ``nn.Linear``/``Conv1D`` on the CPU computes ``x (W + dW)^T + bias`` in one matmul instead
-#: of the base matmul plus the structured update (see "Merged route" above).  Per layer it
-#: costs the base layer's two matmuls (forward, grad x), two O(d_out d_in) builds of
-#: ``W + dW`` and a kernel
-#: / spectrum gradient from the transforms of ``x`` and ``grad y``: on one CPU core, 1.1-1.4x
-#: the base layer alone at 200-2000 tokens of MiniLM's layers, 1.4-2.5x faster than the
-#: separate route (the registered ops call the torch backend, loaded by ``._fourierft``).
-MERGED_ROUTE = True
 
 #: Human-readable names of the module types an adapter can wrap.
 SUPPORTED_BASE_TYPES = ("torch.nn.Linear", "transformers.pytorch_utils.Conv1D")
@@ -149,6 +142,11 @@ def _cd_matmul(a, w, g, x):
     return F.circulant_diagonal_matmul(a, w, g, x, save_input=True)
 
 
+def compute_dtype(dtype) -> torch.dtype:
+    """Adapter arithmetic for data of ``dtype``: float64 stays float64, all else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _fft_flops(n: int) -> float:
     return 2.5 * n * math.log2(n) if n > 1 else 0.0
 
@@ -211,16 +209,30 @@ class AdapterLayer(nn.Module):
             raise TypeError(f"{cls.__name__} takes a {cls.config_class.__name__}, got "
                             f"{type(config).__name__}")
 
-    def _create(self, name: str, config, device):
+    def _create(self, name: str, config, device, dtype):
+        """Create adapter ``name``'s tensors on ``device`` in ``dtype`` (drawn in float32, so
+        that random initialisation consumes the generator as PEFT does)."""
         raise NotImplementedError
 
-    def _update(self, name: str, x32: torch.Tensor) -> torch.Tensor:
-        """``dW_name x`` in float32 for float32 ``x32`` of shape (..., in_features)."""
+    def _update(self, name: str, xc: torch.Tensor) -> torch.Tensor:
+        """``dW_name x`` for ``xc`` of shape (..., in_features) in the compute dtype."""
         raise NotImplementedError
 
     def delta_weight(self, name: str) -> torch.Tensor:
-        """Dense update of adapter ``name``: float32, shape ``(out_features, in_features)``."""
+        """Dense update of adapter ``name``, shape ``(out_features, in_features)``, in the
+        compute dtype of the base weight (float64 for float64 weights, else float32)."""
         raise NotImplementedError
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """float64 for a float64 base weight, float32 otherwise (half precision included)."""
+        return compute_dtype(self.base_layer.weight.dtype)
+
+    def _param(self, attr: str, name: str, dtype=None) -> torch.Tensor:
+        """Adapter tensor ``attr[name]`` in ``dtype`` (default: the compute dtype)."""
+        p = getattr(self, attr)[name]
+        dtype = self.compute_dtype if dtype is None else dtype
+        return p if p.dtype == dtype else p.to(dtype)
 
     def adapter_cost(self, name: str) -> dict:
         """``{"params": int, "flops_per_token": float}`` of adapter ``name`` (forward)."""
@@ -252,7 +264,7 @@ class AdapterLayer(nn.Module):
         if config.fan_in_fan_out and not self.fan_in_fan_out:
             warnings.warn("fan_in_fan_out=True but the base layer is nn.Linear (weight stored "
                           "(out, in)); using fan_in_fan_out=False", stacklevel=2)
-        self._create(name, config, self.base_layer.weight.device)
+        self._create(name, config, self.base_layer.weight.device, self.compute_dtype)
         self.configs[name] = config
         self.active_adapters.append(name)
 
@@ -297,14 +309,16 @@ class AdapterLayer(nn.Module):
     @torch.no_grad()
     def _add_to_weight(self, delta: torch.Tensor, sign: float) -> None:
         weight = self.base_layer.weight
+        cd = self.compute_dtype
         delta = delta.T if self.fan_in_fan_out else delta
-        new = weight.to(torch.float32) + sign * delta.to(weight.device)
+        new = weight.to(cd) + sign * delta.to(device=weight.device, dtype=cd)
         weight.copy_(new.to(weight.dtype))
 
     def merge(self, adapter_names=None) -> None:
         """Add adapters into the base weight (default: the active ones not merged yet).
 
-        The delta is added in float32 and the sum rounded once to the weight's dtype.
+        The delta is added in the compute dtype and the sum rounded once to the weight's
+        dtype.
         """
         if adapter_names is None:
             adapter_names = self.active_adapters
@@ -345,20 +359,18 @@ class AdapterLayer(nn.Module):
     def _merged_route_weight(self, x, args, kwargs):
         """The base weight in ``(out, in)`` orientation when the merged route applies, else None.
 
-        The merged route computes base layer and update in one float32 matmul (see
-        `_merged_linear`).  It bypasses ``base_layer.forward``, so it is taken only for a plain
-        ``nn.Linear`` / ``Conv1D`` without hooks, whose float32 weight is an ordinary tensor
-        (not a sharded DTensor or another subclass) on ``x``'s device.
+        The merged route computes base layer and update in one matmul (see `_merged_linear`).
+        It bypasses ``base_layer.forward``, so it is taken only for a plain ``nn.Linear`` /
+        ``Conv1D`` without hooks, whose float32 or float64 weight is an ordinary tensor (not
+        a sharded DTensor or another subclass) of ``x``'s dtype on ``x``'s device.
         """
         base = self.base_layer
         weight = getattr(base, "weight", None)
-        # CPU only: on CUDA the separate route runs the circfft CUDA kernels for every
-        # transform, and the merged route (torch.fft for its small gradient transforms) has
-        # been measured on CPU only.
-        if (args or kwargs or not MERGED_ROUTE or x.dtype != torch.float32
-                or x.device.type != "cpu"
+        route = "auto" if torch.compiler.is_compiling() else get_config().adapter_route
+        if (args or kwargs or route == "separate"
+                or x.dtype not in (torch.float32, torch.float64)
                 or type(weight) not in (nn.Parameter, torch.Tensor)
-                or weight.dtype != torch.float32 or weight.device != x.device
+                or weight.dtype != x.dtype or weight.device != x.device
                 or base._forward_hooks or base._forward_pre_hooks
                 or nn.modules.module._global_forward_hooks
                 or nn.modules.module._global_forward_pre_hooks):
@@ -382,11 +394,12 @@ class AdapterLayer(nn.Module):
         result = self.base_layer(x, *args, **kwargs)
         if not pending:
             return result
-        # No float32 copy of x when it is float32 already (autograd then saves x only once).
-        x32 = x if x.dtype == torch.float32 else x.to(torch.float32)
+        # No copy of x when it is in the compute dtype already (autograd saves x only once).
+        cd = compute_dtype(x.dtype)
+        xc = x if x.dtype == cd else x.to(cd)
         update = None
         for n in pending:
-            u = self._update(n, x32)
+            u = self._update(n, xc)
             update = u if update is None else update + u
         return result + update.to(result.dtype)
 
@@ -427,7 +440,7 @@ class CirculantAdapter(AdapterLayer):
 
     Notes
     -----
-    ``circ_kernel[name]`` is float32 of shape ``(out/b, in/b, b)`` in the first-column
+    ``circ_kernel[name]`` (compute dtype) has shape ``(out/b, in/b, b)`` in the first-column
     convention: ``dW[i*b + r, j*b + s] = scale * circ_kernel[i, j, (r - s) % b]``.
     """
 
@@ -448,7 +461,7 @@ class CirculantAdapter(AdapterLayer):
         if in_features % b or out_features % b:
             raise _block_size_error(b, in_features, out_features, _where(name))
 
-    def _create(self, name, config, device):
+    def _create(self, name, config, device, dtype):
         b = config.block_size
         shape = (self.out_features // b, self.in_features // b, b)
         k = torch.zeros(shape, dtype=torch.float32)
@@ -460,25 +473,25 @@ class CirculantAdapter(AdapterLayer):
         elif config.init == "kaiming_uniform":
             a = math.sqrt(1.0 / self.in_features)
             nn.init.uniform_(k, -a, a)
-        self.circ_kernel[name] = nn.Parameter(k.to(device))
+        self.circ_kernel[name] = nn.Parameter(k.to(device=device, dtype=dtype))
 
     def scale(self, name: str) -> float:
         """The numeric output scale of adapter ``name``."""
         cfg = self.configs[name]
         return _scale_value(cfg.scale, self.in_features, cfg.block_size)
 
-    def _update(self, name, x32):
+    def _update(self, name, xc):
         # Scaling the kernel (in/b * out/b * b numbers) is cheaper than scaling the output.
-        return _bc_matmul(self.circ_kernel[name] * self.scale(name), x32)
+        return _bc_matmul(self._param("circ_kernel", name, xc.dtype) * self.scale(name), xc)
 
     def _merged_linear(self, name, x, weight, bias):
-        return torch.ops.circfft.block_circulant_linear(x, weight, bias, self.circ_kernel[name],
-                                                        self.scale(name))
+        return block_circulant_linear(x, weight, bias,
+                                      self._param("circ_kernel", name, weight.dtype),
+                                      self.scale(name))
 
     def delta_weight(self, name):
         self._check_name(name, must_exist=True)
-        k = self.circ_kernel[name].to(torch.float32)
-        return F.block_circulant_dense(k) * self.scale(name)
+        return F.block_circulant_dense(self._param("circ_kernel", name)) * self.scale(name)
 
     def adapter_cost(self, name):
         b = self.configs[name].block_size
@@ -518,7 +531,7 @@ class CirculantDiagonalAdapter(AdapterLayer):
 
     Notes
     -----
-    Tensors (float32): ``cd_left[name]`` = ``D_0`` (out,), ``cd_kernel[name]`` = ``C_1``
+    Tensors (compute dtype): ``cd_left[name]`` = ``D_0`` (out,), ``cd_kernel[name]`` = ``C_1``
     (out/b, in/b, b), ``cd_right[name]`` = ``D_m`` (in,).  For ``m > 1`` also
     ``cd_inner_kernel[name]`` (m-1, in/b, in/b, b), entry ``j`` being ``C_{j+2}``, and
     ``cd_inner_diag[name]`` (m-1, in), entry ``j`` being ``D_{j+1}``.
@@ -547,7 +560,7 @@ class CirculantDiagonalAdapter(AdapterLayer):
         b = self.configs[name].block_size
         return default_block_size(self.in_features, self.out_features) if b is None else b
 
-    def _create(self, name, config, device):
+    def _create(self, name, config, device, dtype):
         i, o = self.in_features, self.out_features
         b = config.block_size or default_block_size(i, o)
         m = config.factors
@@ -555,24 +568,29 @@ class CirculantDiagonalAdapter(AdapterLayer):
 
         def kernel(*shape):
             return nn.Parameter(torch.empty(shape, dtype=torch.float32).uniform_(
-                -bound, bound).to(device))
+                -bound, bound).to(device=device, dtype=dtype))
 
-        left = torch.zeros(o) if config.init == "zeros" else torch.ones(o)
-        self.cd_left[name] = nn.Parameter(left.to(device))
+        def const(value, *shape):
+            return nn.Parameter(torch.full(shape, value, dtype=dtype, device=device))
+
+        self.cd_left[name] = const(0.0 if config.init == "zeros" else 1.0, o)
         self.cd_kernel[name] = kernel(o // b, i // b, b)
-        self.cd_right[name] = nn.Parameter(torch.ones(i, device=device))
+        self.cd_right[name] = const(1.0, i)
         if m > 1:
             self.cd_inner_kernel[name] = kernel(m - 1, i // b, i // b, b)
-            self.cd_inner_diag[name] = nn.Parameter(torch.ones(m - 1, i, device=device))
+            self.cd_inner_diag[name] = const(1.0, m - 1, i)
 
-    def _update(self, name, x32):
-        left, kernel, right = self.cd_left[name], self.cd_kernel[name], self.cd_right[name]
+    def _update(self, name, xc):
+        dt = xc.dtype
+        left, kernel, right = (self._param(a, name, dt) for a in ("cd_left", "cd_kernel",
+                                                                  "cd_right"))
         m = self.configs[name].factors
         if m == 1:
-            return _cd_matmul(left, kernel, right, x32)
-        inner_k, inner_d = self.cd_inner_kernel[name], self.cd_inner_diag[name]
+            return _cd_matmul(left, kernel, right, xc)
+        inner_k = self._param("cd_inner_kernel", name, dt)
+        inner_d = self._param("cd_inner_diag", name, dt)
         # Apply D_m, C_m, D_{m-1}, ..., C_2, D_1, then C_1 and D_0 (see the class notes).
-        u = _cd_matmul(inner_d[m - 2], inner_k[m - 2], right, x32)
+        u = _cd_matmul(inner_d[m - 2], inner_k[m - 2], right, xc)
         for j in range(m - 3, -1, -1):
             u = inner_d[j] * F.block_circulant_matmul(inner_k[j], u)
         return left * F.block_circulant_matmul(kernel, u)
@@ -580,11 +598,11 @@ class CirculantDiagonalAdapter(AdapterLayer):
     def delta_weight(self, name):
         self._check_name(name, must_exist=True)
         m = self.configs[name].factors
-        dense = F.block_circulant_dense(self.cd_kernel[name])
+        dense = F.block_circulant_dense(self._param("cd_kernel", name))
         for j in range(m - 1):
-            dense = (dense * self.cd_inner_diag[name][j]) @ \
-                F.block_circulant_dense(self.cd_inner_kernel[name][j])
-        return self.cd_left[name][:, None] * dense * self.cd_right[name]
+            dense = (dense * self._param("cd_inner_diag", name)[j]) @ \
+                F.block_circulant_dense(self._param("cd_inner_kernel", name)[j])
+        return self._param("cd_left", name)[:, None] * dense * self._param("cd_right", name)
 
     def adapter_cost(self, name):
         i, o = self.in_features, self.out_features
@@ -620,7 +638,7 @@ class FourierFTAdapter(AdapterLayer):
 
     Notes
     -----
-    ``fourierft_spectrum[name]`` is float32 of shape (n_frequency,); the positions are
+    ``fourierft_spectrum[name]`` (compute dtype) has shape (n_frequency,); the positions are
     non-persistent buffers ``fourierft_rows_<name>`` / ``fourierft_cols_<name>`` recomputed from
     the seed, on the ``(out, in)`` grid for ``nn.Linear`` and ``Conv1D`` alike (PEFT's
     ``in_features`` for ``Conv1D`` is ``weight.shape[0]``, the true input size).  The forward
@@ -654,7 +672,7 @@ class FourierFTAdapter(AdapterLayer):
                              generator=torch.Generator().manual_seed(seed))[:n_frequency]
         return idx // in_features, idx % in_features
 
-    def _create(self, name, config, device):
+    def _create(self, name, config, device, dtype):
         rows, cols = self.entry_positions(self.in_features, self.out_features,
                                           config.n_frequency, config.random_loc_seed)
         self.register_buffer(f"fourierft_rows_{name}", rows.to(device), persistent=False)
@@ -663,7 +681,7 @@ class FourierFTAdapter(AdapterLayer):
         spectrum = torch.randn(config.n_frequency)
         if config.init_weights:
             spectrum.zero_()
-        self.fourierft_spectrum[name] = nn.Parameter(spectrum.to(torch.float32).to(device))
+        self.fourierft_spectrum[name] = nn.Parameter(spectrum.to(device=device, dtype=dtype))
 
     def _delete_extra(self, name):
         delattr(self, f"fourierft_rows_{name}")
@@ -675,20 +693,22 @@ class FourierFTAdapter(AdapterLayer):
 
     def _merged_linear(self, name, x, weight, bias):
         rows, cols = self.positions(name)
-        return _fourierft_linear(x, weight, bias, self.fourierft_spectrum[name], rows, cols,
-                                 float(self.configs[name].scaling))
+        spectrum = self._param("fourierft_spectrum", name, weight.dtype)
+        return fourierft_linear(x, weight, bias, spectrum, rows, cols,
+                                float(self.configs[name].scaling))
 
-    def _update(self, name, x32):
+    def _update(self, name, xc):
         rows, cols = self.positions(name)
-        return F.fourierft_matmul(x32, self.fourierft_spectrum[name], rows, cols,
-                                  self.out_features, self.configs[name].scaling)
+        spectrum = self._param("fourierft_spectrum", name, xc.dtype)
+        return F.fourierft_matmul(xc, spectrum, rows, cols, self.out_features,
+                                  self.configs[name].scaling)
 
     def delta_weight(self, name):
         self._check_name(name, must_exist=True)
         rows, cols = self.positions(name)
-        return _fourierft_delta_weight(self.fourierft_spectrum[name], rows, cols,
+        return _fourierft_delta_weight(self._param("fourierft_spectrum", name), rows, cols,
                                        self.out_features, self.in_features,
-                                       float(self.configs[name].scaling), torch.float32)
+                                       float(self.configs[name].scaling), self.compute_dtype)
 
     def adapter_cost(self, name):
         n = self.configs[name].n_frequency
