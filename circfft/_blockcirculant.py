@@ -146,6 +146,13 @@ class Gradients:
         self.dpre = p.vector_acc(g.nx * g.b) if need_pre else None
         self.dpost = p.vector_acc(g.ny * g.b) if need_post else None
 
+    def add(self, other: "Gradients") -> None:
+        """Add another block's sums (rows split among threads) to these."""
+        for name in ("P", "dpre", "dpost"):
+            mine = getattr(self, name)
+            if mine is not None:
+                mine += getattr(other, name)
+
 
 def backward_rows(p: Primitives, g: Geometry, Kf, Kb, gy, x, pre, post, spec,
                   out: Gradients, t0: int, t1: int) -> None:

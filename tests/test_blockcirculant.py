@@ -259,7 +259,7 @@ def test_gpu_primitives_half_storage(emulated):
 @pytest.mark.parametrize("b", [1, 2, 5, 8, 33])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_numba_slot_kernels_match_reference_maps(b, dtype):
-    from circfft.backends._numba_layout import from_slots, to_slots
+    from circfft.backends._numba_circulant import from_slots, to_slots
 
     rng = np.random.default_rng(b)
     H = rng.standard_normal((300, 3, b)).astype(dtype)          # several row tiles

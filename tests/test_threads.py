@@ -118,3 +118,53 @@ def test_numba_scratch_is_per_thread_and_kept():
     first = nb.get_scratch(big, np.float64, 1)[0]
     assert nb.get_scratch(big, np.float64, 1)[0] is not first      # not kept
     nb.release_scratch()
+
+
+def test_concurrent_block_circulant_backward_is_deterministic():
+    """Concurrent block-circulant backward passes from several Python threads give the serial
+    gradients bit for bit, and torch's thread count is never changed, not even transiently.
+
+    (The chunks of one call used to be shared among ``torch.get_num_threads()`` threads while
+    the call set torch's thread count to 1 for its duration, so a concurrent call changed the
+    split, and with it the rounding, and undid a user's own ``torch.set_num_threads``.)
+    """
+    torch = pytest.importorskip("torch")
+    from circfft.nn import functional as F
+
+    rng = np.random.default_rng(5)
+    w = torch.tensor(rng.standard_normal((3, 4, 16)), dtype=torch.float32)
+    xs = [torch.tensor(rng.standard_normal((3000, 64)), dtype=torch.float32) for _ in range(4)]
+    g = torch.tensor(rng.standard_normal((3000, 48)), dtype=torch.float32)
+    threads_before = torch.get_num_threads()
+
+    def grads(x, chunk=None):
+        wr, xr = w.clone().requires_grad_(), x.clone().requires_grad_()
+        # circfft.config is per thread, like set_backend: set it in the thread that calls
+        with circfft.config(chunk_elements=chunk or circfft.get_config().chunk_elements):
+            (F.block_circulant_matmul(wr, xr) * g).sum().backward()
+        return wr.grad, xr.grad
+
+    seen_counts = set()
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen_counts.add(torch.get_num_threads())
+
+    serial = [grads(x) for x in xs]
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        chunked = [grads(x, 4096) for x in xs]            # many chunks per call
+        for _ in range(3):
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                concurrent = list(pool.map(lambda x: grads(x, 4096), xs))
+            for (wa, xa), (wb, xb) in zip(concurrent, chunked):
+                assert torch.equal(wa, wb) and torch.equal(xa, xb)
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen_counts == {threads_before}
+    assert torch.get_num_threads() == threads_before
+    for (wa, xa), (wb, xb) in zip(chunked, serial):      # other chunks: rounding only
+        assert torch.allclose(wa, wb, rtol=0, atol=1e-3 * float(wb.abs().max()))

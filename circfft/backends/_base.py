@@ -18,7 +18,7 @@ from .._chunking import rows_per_chunk
 from .._layout import pack_half_spectrum, packed_product, unpack_half_spectrum
 from ._array_ops import ops_for_family
 
-__all__ = ["Backend", "BackendUnavailable", "as_rows", "iter_row_blocks",
+__all__ = ["Backend", "BackendUnavailable", "as_rows", "iter_row_blocks", "merged_rows",
            "transform_any_length"]
 
 
@@ -137,7 +137,7 @@ def as_rows(x: np.ndarray) -> Iterator[np.ndarray]:
     if x.ndim == 1:
         yield x[np.newaxis, :]
         return
-    merged = _merged_rows(x)
+    merged = merged_rows(x)
     if merged is not None:
         yield merged
         return
@@ -145,7 +145,7 @@ def as_rows(x: np.ndarray) -> Iterator[np.ndarray]:
         yield from as_rows(sub)
 
 
-def _merged_rows(x: np.ndarray):
+def merged_rows(x: np.ndarray):
     """``x`` as one ``(rows, n)`` view when its leading axes collapse to one stride, else None.
 
     (``reshape(..., copy=False)`` says the same but needs numpy >= 2.1.)

@@ -11,8 +11,10 @@
 Both run the algorithm of :mod:`circfft._blockcirculant`; the *executor* picks its primitives
 and how the rows are split:
 
-- CPU tensors: chunks of rows (:mod:`circfft._chunking`) in the calling thread, with the
-  primitives of :mod:`._torch_cpu` (numba transforms and slot layout, BLAS batched matmuls);
+- CPU tensors: chunks of rows (:mod:`circfft._chunking`) shared by ``torch.get_num_threads()``
+  Python threads (read, never changed), each with its own scratch and accumulators, summed in
+  a fixed order, with the primitives of :mod:`._torch_cpu` (numba transforms, slot layout and
+  pair products, BLAS batched matmuls);
 - CUDA tensors with circfft's kernels: all rows at once, a constant number of launches
   (:mod:`._cuda_circulant`);
 - otherwise (``circfft.config(torch_fft=True)``, no numba, CUDA without CuPy): the reference
@@ -24,13 +26,47 @@ from .. import _blockcirculant as bc
 from .._chunking import chunk_ranges
 from .._config import get_config
 
-__all__ = ["register", "plan"]
+__all__ = ["register", "executor", "Executor"]
 
 torch = None
 
 
-def plan(t, g: bc.Geometry, capacity_rows=None):
-    """``(primitives, row ranges)`` for a call whose rows live in tensor ``t``."""
+class Executor:
+    """Runs the algorithm over row ranges: several CPU threads, or one pass.
+
+    ``make_prims()`` gives a primitives object with its own scratch; with ``threads > 1``
+    each thread takes every ``threads``-th chunk with its own primitives and accumulators,
+    and the accumulators are summed in thread order afterwards: results depend on the inputs
+    and ``threads`` only, never on what other Python threads do.
+    """
+
+    def __init__(self, make_prims, ranges, threads=1):
+        self.make_prims, self.ranges = make_prims, ranges
+        self.threads = max(1, min(threads, len(ranges)))
+        self.prims = [make_prims(self.threads) for _ in range(self.threads)]
+
+    def run(self, body):
+        """``body(prims, t0, t1)`` for every range; returns the primitives used."""
+        if self.threads == 1:
+            for t0, t1 in self.ranges:
+                body(self.prims[0], t0, t1)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        def work(i):
+            # grad mode is thread-local and on in a new thread: off, as in the caller (an
+            # operator's implementation)
+            with torch.no_grad():
+                for t0, t1 in self.ranges[i::self.threads]:
+                    body(self.prims[i], t0, t1)
+
+        with ThreadPoolExecutor(self.threads) as pool:
+            for f in [pool.submit(work, i) for i in range(self.threads)]:
+                f.result()
+
+
+def executor(t, g: bc.Geometry) -> Executor:
+    """The executor for a call whose rows live in tensor ``t`` (see the module notes)."""
     from . import torch_backend as tb
 
     T = int(t.shape[0])
@@ -41,19 +77,20 @@ def plan(t, g: bc.Geometry, capacity_rows=None):
             from ._torch_cpu import CpuPairPrimitives, CpuSlotPrimitives
 
             cls = CpuPairPrimitives if g.single else CpuSlotPrimitives
-            return cls(g, t.dtype, cap), ranges
+            # torch's own thread count, read, never changed
+            return Executor(lambda k: cls(g, t.dtype, cap, threads=k), ranges,
+                            torch.get_num_threads())
     else:
         ranges = [(0, T)] if T else []
         kernels = tb.cuda_kernels(t.device)
         if kernels is not None:
             from ._cuda_circulant import CudaPrimitives
 
-            return CudaPrimitives(kernels, g, t.dtype, t), ranges
-    from .._blockcirculant import ReferencePrimitives
-
+            return Executor(lambda k: CudaPrimitives(kernels, g, t.dtype, t), ranges)
     from ._registry import get_backend
 
-    return ReferencePrimitives(get_backend("torch"), g, t.dtype, t), ranges
+    be = get_backend("torch")
+    return Executor(lambda k: bc.ReferencePrimitives(be, g, t.dtype, t), ranges)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,21 +98,22 @@ def plan(t, g: bc.Geometry, capacity_rows=None):
 # ---------------------------------------------------------------------------------------------
 def _forward_impl(x, w, pre, post, transpose: bool, save_input: bool = False):
     g = bc.Geometry(w.shape, transpose)
-    p, ranges = plan(x, g)
+    ex = executor(x, g)
+    p = ex.prims[0]
     T = int(x.shape[0])
     spec = x.new_empty((0,)) if save_input else p.new_spectrum(T, g.nx)
     y = torch.empty((T, g.ny * g.b), dtype=x.dtype, device=x.device)
     if T:
         K = p.kernel(w, transpose)
         pre_v, post_v = p.vector(pre), p.vector(post)
-        for t0, t1 in ranges:
-            bc.forward_rows(p, g, K, x, pre_v, post_v, y, None if save_input else spec, t0, t1)
+        saved = None if save_input else spec
+        ex.run(lambda q, t0, t1: bc.forward_rows(q, g, K, x, pre_v, post_v, y, saved, t0, t1))
     return y, spec
 
 
 def _forward_fake(x, w, pre, post, transpose, save_input=False):
     g = bc.Geometry(w.shape, transpose)
-    p, _ = plan(x, g)
+    p = executor(x, g).prims[0]
     T = int(x.shape[0])
     return (x.new_empty((T, g.ny * g.b)),
             x.new_empty((0,)) if save_input else p.new_spectrum(T, g.nx))
@@ -84,17 +122,24 @@ def _forward_fake(x, w, pre, post, transpose, save_input=False):
 def _backward_impl(gy, spec, w, x, pre, post, transpose: bool, need_x: bool, need_w: bool,
                    need_pre: bool, need_post: bool, save_input: bool = False):
     g = bc.Geometry(w.shape, transpose)
-    p, ranges = plan(gy, g)
+    ex = executor(gy, g)
+    p = ex.prims[0]
     T, dev = int(gy.shape[0]), gy.device
     dx = torch.empty((T, g.nx * g.b) if need_x else (0,), dtype=gy.dtype, device=dev)
-    out = bc.Gradients(p, g, dx if need_x else None, need_w, need_pre, need_post)
+    # one set of accumulators per thread, summed in thread order below
+    outs = [bc.Gradients(q, g, dx if need_x else None, need_w, need_pre, need_post)
+            for q in ex.prims]
     if T and (need_x or need_w or need_pre or need_post):
         Kf = p.kernel(w, transpose) if need_post else None
         Kb = p.kernel(w, not transpose) if (need_x or need_pre) else None
         pre_v, post_v = p.vector(pre), p.vector(post)
         saved = None if save_input else spec
-        for t0, t1 in ranges:
-            bc.backward_rows(p, g, Kf, Kb, gy, x, pre_v, post_v, saved, out, t0, t1)
+        acc = {id(q): o for q, o in zip(ex.prims, outs)}
+        ex.run(lambda q, t0, t1: bc.backward_rows(q, g, Kf, Kb, gy, x, pre_v, post_v, saved,
+                                                  acc[id(q)], t0, t1))
+    out = outs[0]
+    for other in outs[1:]:
+        out.add(other)
     dw = p.kernel_grad(out.P, w) if need_w else w.new_empty((0,))
     pdt = gy.dtype if pre is None else pre.dtype
     qdt = gy.dtype if post is None else post.dtype

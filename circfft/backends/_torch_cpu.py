@@ -1,13 +1,14 @@
 """Block-circulant primitives for CPU tensors: numba transforms, the slot layout and BLAS matmuls.
 
 The executor (:mod:`._torch_circulant`) runs the algorithm of :mod:`circfft._blockcirculant`
-on cache-sized chunks of rows; these primitives keep one set of chunk-sized scratch buffers
-per call.  Element-wise work runs in numpy on zero-copy views (chunk-sized operations are too
-small for torch's fork-join pool), transforms in the numba kernels with torch's thread count,
-and the per-frequency products as one real batched matmul over the slot layout
-(:func:`circfft._blockcirculant.slots_from_packed`; compiled in :mod:`._numba_layout`).
-A kernel with one block per side (a plain circulant) keeps the packed rows and multiplies them
-pair by pair instead.  Nothing here changes torch's global settings.
+on cache-sized chunks of rows, shared by several Python threads; each thread's primitives keep
+one set of chunk-sized scratch buffers.  Everything runs on zero-copy numpy views and releases
+the GIL: element-wise work in numpy, transforms and the slot layout and pair products in the
+numba kernels (:mod:`._numba_circulant`), the per-frequency products as one real batched
+matmul (numpy's BLAS) over the slot layout.  Chunk-sized operations are too small for torch's
+fork-join thread pool, and they never touch it: nothing here changes torch's settings.  A
+kernel with one block per side (a plain circulant) keeps the packed rows and multiplies them
+pair by pair instead.
 """
 from __future__ import annotations
 
@@ -15,13 +16,12 @@ import numpy as np
 import torch
 
 from .. import _blockcirculant as bc
-from .._layout import packed_product
+from . import _numba_circulant as nk
 from ._array_ops import ops_for_family
 from .torch_backend import cpu_backend
 
 __all__ = ["CpuSlotPrimitives", "CpuPairPrimitives"]
 
-_NUMPY = ops_for_family("numpy")
 _TORCH = ops_for_family("torch")
 
 
@@ -35,11 +35,12 @@ def _np(t):
 class _CpuPrimitives(bc.Primitives):
     """Scratch, element-wise helpers and transforms shared by both CPU representations."""
 
-    def __init__(self, g: bc.Geometry, dtype, capacity: int):
+    def __init__(self, g: bc.Geometry, dtype, capacity: int, threads: int = 1):
         self.g = g
         self.cd = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
         self.cap = capacity
-        self.workers = torch.get_num_threads()
+        # one chunk per thread: serial kernels; a lone thread parallelises its transforms
+        self.workers = 1 if threads > 1 else torch.get_num_threads()
         self.cpu = cpu_backend()
         self._scratch = {}
 
@@ -105,7 +106,11 @@ class _CpuPrimitives(bc.Primitives):
         src_fn(dst)
         self._mul_(dst, vec)
         if not direct:
-            out.copy_(dst)
+            o = _np(out)
+            if o is not None:
+                np.copyto(o, _np(dst))
+            else:                                   # half precision: torch converts
+                out.copy_(dst)
 
     def kernel_grad(self, P, w):
         m, n, b = self.g.m, self.g.n, self.g.b
@@ -128,28 +133,24 @@ class CpuSlotPrimitives(_CpuPrimitives):
         return spec[:, t0:t1]
 
     def spectra(self, x, vec, blocks, out):
-        from ._numba_layout import to_slots
-
         t = x.shape[0]
         u = self.scratch_rows("u", t, blocks)
         self.mul_rows(u, x, vec)
         self._transform(u, True, 1.0)
-        to_slots(_np(u).reshape(t, blocks, self.g.b), _np(out))
+        nk.to_slots(_np(u).reshape(t, blocks, self.g.b), _np(out))
 
     def kernel(self, w, transpose):
-        big = bc.slot_matrices(self._packed_kernel(w), _TORCH)     # (S, 2n, 2m)
-        return big.transpose(1, 2) if transpose else big
+        big = _np(bc.slot_matrices(self._packed_kernel(w), _TORCH))     # (S, 2n, 2m)
+        return big.transpose(0, 2, 1) if transpose else big
 
     def product(self, K, spec, out, vec):
-        from ._numba_layout import from_slots
-
         t, blocks, b = spec.shape[1], K.shape[2] // 2, self.g.b
         ysl = self._buf(("ysl", blocks), (bc.slot_count(b), self.cap, 2 * blocks))[:, :t]
-        torch.bmm(spec, K, out=ysl)
+        np.matmul(_np(spec), K, out=_np(ysl))
 
         def fill(dst):
             H = _np(dst).reshape(t, blocks, b)
-            from_slots(_np(ysl), H)
+            nk.from_slots(_np(ysl), H)
             self.cpu.execute(H, forward=False, scale=1.0 / b, workers=self.workers)
 
         self._to_rows(fill, out, vec, blocks)
@@ -159,7 +160,7 @@ class CpuSlotPrimitives(_CpuPrimitives):
         return torch.zeros((bc.slot_count(g.b), 2 * g.m, 2 * g.n), dtype=self.cd)
 
     def reduce(self, P, spec_in, spec_out):
-        P.baddbmm_(spec_out.transpose(1, 2), spec_in)
+        _np(P)[...] += np.matmul(_np(spec_out).transpose(0, 2, 1), _np(spec_in))
 
     def _packed_grad(self, P):
         return bc.packed_from_slot_products(P, self.g.m, self.g.n, self.g.b, _TORCH)
@@ -189,7 +190,8 @@ class CpuPairPrimitives(_CpuPrimitives):
         b = self.g.b
 
         def fill(dst):
-            packed_product(Wp[None, :], _np(spec), _np(dst), conj, _NUMPY)
+            s = _np(spec)
+            nk.pair_mul(np.broadcast_to(Wp, s.shape), s, _np(dst), conj)
             self._transform(dst, False, 1.0 / b)
 
         self._to_rows(fill, out, vec, 1)
@@ -198,10 +200,7 @@ class CpuPairPrimitives(_CpuPrimitives):
         return np.zeros(self.g.b, dtype=np.float64)
 
     def reduce(self, P, spec_in, spec_out):
-        t = spec_in.shape[0]
-        tmp = _np(self.scratch_rows("conj", t, 1))
-        packed_product(_np(spec_in), _np(spec_out), tmp, True, _NUMPY)
-        P += tmp.sum(0, dtype=np.float64)
+        nk.pair_conj_dot(_np(spec_in), _np(spec_out), P)
 
     def _packed_grad(self, P):
         return torch.from_numpy(P).reshape(1, 1, self.g.b)

@@ -32,7 +32,8 @@ import threading
 import numpy as np
 
 from .._plan import get_plan, is_power_of_two
-from ._base import Backend, BackendUnavailable, as_rows, iter_row_blocks, transform_any_length
+from ._base import (Backend, BackendUnavailable, as_rows, iter_row_blocks, merged_rows,
+                    transform_any_length)
 
 __all__ = ["NumbaBackend"]
 
@@ -127,3 +128,27 @@ class NumbaBackend(Backend):
             for rows in as_rows(x):
                 K.rows_serial(rows, plan.twiddles, plan.bitrev, scale, forward,
                               sa[0], sb[0], lanes)
+
+    def pair_mul(self, A, B, Z, *, conj):
+        """Packed products in one compiled pass per block of rows (no temporaries)."""
+        if Z.size == 0:
+            return
+        from ._numba_circulant import pair_mul
+
+        A = np.broadcast_to(A, Z.shape)
+        B = np.broadcast_to(B, Z.shape)
+        for a, b, z in _joint_rows(A, B, Z):
+            pair_mul(a, b, z, bool(conj))
+
+
+def _joint_rows(*arrays):
+    """``(rows, n)`` views of same-shape arrays covering them together, without copies."""
+    if arrays[0].ndim == 1:
+        yield tuple(a[np.newaxis, :] for a in arrays)
+        return
+    merged = [merged_rows(a) for a in arrays]
+    if all(m is not None for m in merged):
+        yield tuple(merged)
+        return
+    for parts in zip(*arrays):
+        yield from _joint_rows(*parts)
