@@ -12,7 +12,6 @@ hands the product to the backend of the arrays' family
 """
 from __future__ import annotations
 
-import numpy as np
 
 from ._validation import check_axis
 from .backends import resolve
@@ -236,7 +235,7 @@ def _circulant_args(c, x, backend):
 
 
 def circulant_diagonal_matmul(a, w, g, x, *, transpose=False, backend=None):
-    """Multiply by ``diag(a) C(w) diag(g)`` (the circulant-diagonal form, DESIGN §4).
+    """Multiply by ``diag(a) C(w) diag(g)`` (the circulant-diagonal form, docs/operators.rst).
 
     Parameters
     ----------

@@ -316,7 +316,7 @@ def block_circulant_matrix_oracle(w) -> np.ndarray:
     """Dense block-circulant matrix, ``D[i*b + r, j*b + s] = w[i, j, (r - s) mod b]``.
 
     ``w`` has shape ``(m, n, b)``; the result ``(m*b, n*b)``, float64, built by an O(b^2) loop
-    over ``(r, s)`` (DESIGN §4, first-column convention).
+    over ``(r, s)`` (docs/operators.rst, first-column convention).
     """
     w = np.asarray(w, dtype=np.float64)
     m, n, b = w.shape
@@ -368,7 +368,7 @@ def c3a_kernel_to_first_column(k) -> np.ndarray:
     """PEFT C3A kernel -> first-column kernel of the same map (without C3A's ``1/d_in``).
 
     C3A computes ``fft(ifft(x) * fft(k))``, i.e. block ``(i, j)`` multiplies by the circulant
-    matrix whose first column is ``c[t] = k[(-t) mod b]`` (DESIGN §5: flip the last axis, then
+    matrix whose first column is ``c[t] = k[(-t) mod b]`` (docs/operators.rst, "Kernels from PEFT's C3A": flip the last axis, then
     roll by one).  Written as an explicit index map.
     """
     k = np.asarray(k, dtype=np.float64)
@@ -421,7 +421,7 @@ def device_packed_rfft_oracle(xp, x):
 
 
 # ---------------------------------------------------------------------------------------------
-# Dense block-circulant matrices (CUDA emulation tests), built entry by entry from DESIGN §4
+# Dense block-circulant matrices (CUDA emulation tests), built entry by entry from docs/operators.rst
 # ---------------------------------------------------------------------------------------------
 def complex_pair_product_oracle(A, B, conj: bool = False) -> np.ndarray:
     """Packed spectrum of ``A * B`` (``conj(A) * B`` with ``conj``) along the last axis, by

@@ -270,7 +270,7 @@ def test_opcheck_block_circulant_ops():
 
 
 # ---------------------------------------------------------------------------------------------
-# PEFT C3A bridge (DESIGN §5)
+# PEFT C3A bridge (docs/operators.rst, "Kernels from PEFT's C3A")
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("shape", [(2, 3, 4), (3, 3, 8), (1, 1, 16), (2, 4, 6)])
 def test_c3a_equivalence(shape):

@@ -1,4 +1,4 @@
-"""Layout helpers: to_rfft / from_rfft and spectral_mul (DESIGN.md §1, §3)."""
+"""Layout helpers: to_rfft / from_rfft and spectral_mul (docs/layout.rst)."""
 import numpy as np
 import pytest
 

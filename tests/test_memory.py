@@ -1,4 +1,4 @@
-"""``rdfft(x, out=x)`` allocates nothing proportional to ``x`` (DESIGN.md §7).
+"""``rdfft(x, out=x)`` allocates nothing proportional to ``x`` (docs/algorithm.rst, "Memory").
 
 Two independent measurements, both after a warm-up call (numba compilation, plan tables):
 

@@ -434,7 +434,7 @@ def test_failed_save_leaves_old_directory_intact(tmp_path, monkeypatch, stage):
     if stage == "safetensors":
         monkeypatch.setattr(st, "save_file", boom)
     elif stage == "json":
-        monkeypatch.setattr(cio, "_write_json", boom)
+        monkeypatch.setattr(cio, "write_json", boom)
     else:
         real, calls = os.replace, []
 

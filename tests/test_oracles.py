@@ -11,7 +11,7 @@ from oracles import (TOL_C, circular_convolution_oracle, circular_correlation_or
 
 
 def test_worked_example_n8():
-    # DESIGN.md §1: n = 8 -> [Re0, Re1, Re2, Re3, Re4, Im3, Im2, Im1]
+    # docs/layout.rst: n = 8 -> [Re0, Re1, Re2, Re3, Re4, Im3, Im2, Im1]
     x = np.array([1.0, 2.0, 0.0, -1.0, 3.0, 0.5, -2.0, 4.0])
     Y = np.fft.rfft(x)
     X = packed_rfft_oracle(x)
@@ -43,7 +43,7 @@ def test_dft_matrix_matches_numpy_and_scipy(n):
     np.testing.assert_allclose(x @ R.T, X, rtol=0, atol=atol)
     Xs = pack_complex(scipy.fft.rfft(x), n)
     np.testing.assert_allclose(Xs, X, rtol=0, atol=atol)
-    # R R^T = n diag(w/2 ... ): rows are orthogonal with squared norms n/w' (DESIGN §2)
+    # R R^T = n diag(w/2 ... ): rows are orthogonal with squared norms n/w' (docs/operators.rst, "Gradients without saved buffers")
     G = R @ R.T
     wdiag = np.where(packed_weights(n) == 1.0, 1.0, 0.5)
     np.testing.assert_allclose(G, n * np.diag(wdiag), atol=1e-9 * n)

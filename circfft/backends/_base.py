@@ -133,7 +133,6 @@ def as_rows(x: np.ndarray) -> Iterator[np.ndarray]:
 
     Leading axes are merged when their strides allow it; otherwise the first axis is looped.
     """
-    n = x.shape[-1]
     if x.ndim == 1:
         yield x[np.newaxis, :]
         return

@@ -30,7 +30,6 @@ See :mod:`circfft.backends.numba_backend` for the design.  These details matter 
 * When log2 m is odd the last, twiddle-free, radix-2 stage is not a pass of its own: the split
   (forward) and the unscramble (inverse) apply it while reading.
 """
-import numpy as np
 from numba import njit, prange
 from numba import types
 from numba import uint64 as u64
@@ -126,7 +125,7 @@ def cg_radix4(src, dst, m, s, tw, V, paired):
     """Radix-2 DIF stages s and s+1 fused, constant geometry, on V lanes.
 
     Butterfly t (0 <= t < m/4) reads src slots t + k*m/4 and writes dst slots 4t + k with
-    twiddle W_m^e, e = t with its low s bits cleared (DESIGN: same butterfly as the in-place
+    twiddle W_m^e, e = t with its low s bits cleared (the same butterfly as the in-place
     radix-4 stage).  Slot p occupies floats [2pV, 2pV + 2V): V real parts, then V imaginary.
     """
     Vu = u64(V)

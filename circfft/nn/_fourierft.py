@@ -1,4 +1,4 @@
-"""FourierFT (PEFT-compatible) products without building the dense update (DESIGN §6).
+"""FourierFT (PEFT-compatible) products without building the dense update (docs/finetuning.rst, "The adapters").
 
 PEFT's FourierFT update is ``dW = scaling * Re(ifft2(F))`` where ``F`` is the ``d_out x d_in``
 grid holding real coefficients ``f_k`` at ``(rows[k], cols[k])`` and zeros elsewhere.  For a
@@ -19,7 +19,7 @@ in the packed (halfcomplex) layout:
 
 So ``Yp = M(f) Xp`` with a sparse real ``d_out x d_in`` matrix ``M`` of at most ``2 n``
 entries ``M[dst_j, src_j] += coef_j f[kidx_j]`` (the *plan* below), and
-``y = (scaling / d_in) irdfft(Yp)``.  The transposes needed by backward follow DESIGN §2:
+``y = (scaling / d_in) irdfft(Yp)``.  The transposes needed by backward follow docs/operators.rst, "Gradients without saved buffers":
 ``rdfft^T = B D`` and ``irdfft^T = D^{-1} F / n`` (``F``/``B`` the unnormalised forward /
 inverse, ``D`` the Parseval diagonal), i.e. the ``weighted`` members of ``circfft::transform``.
 

@@ -21,6 +21,7 @@ done by :func:`circfft.nn.inject` for every target before any module is replaced
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import re
 from dataclasses import dataclass
@@ -160,7 +161,7 @@ class AdapterConfig:
 
 @dataclass
 class CirculantConfig(AdapterConfig):
-    """Block-circulant adapter: ``dW = scale * C(w)`` (DESIGN §4-5).
+    """Block-circulant adapter: ``dW = scale * C(w)`` (docs/operators.rst and docs/finetuning.rst).
 
     Parameters
     ----------
@@ -170,7 +171,7 @@ class CirculantConfig(AdapterConfig):
     scale : {"fan_in", "block"} or float, optional
         Output scale of the update.  ``"fan_in"``: ``1 / in_features``, PEFT C3A's convention
         (with ``w = roll(flip(k, -1), 1, -1)`` a C3A kernel ``k`` gives exactly C3A's layer,
-        DESIGN §5).  ``"block"``: ``1 / b``, which under Adam is the same as dividing the
+        docs/operators.rst, "Kernels from PEFT's C3A").  ``"block"``: ``1 / b``, which under Adam is the same as dividing the
         learning rate by ``b`` (each circulant entry touches ``b`` outputs).  A positive float
         is used as is.
     init : {"zeros", "normal", "xavier_uniform", "kaiming_uniform"}, optional
@@ -209,7 +210,7 @@ class CirculantConfig(AdapterConfig):
 
 @dataclass
 class CirculantDiagonalConfig(AdapterConfig):
-    """Circulant-diagonal adapter: ``dW = D_0 C_1 D_1 C_2 ... C_m D_m`` (DESIGN §4, CDVFT).
+    """Circulant-diagonal adapter: ``dW = D_0 C_1 D_1 C_2 ... C_m D_m`` (docs/operators.rst, CDVFT).
 
     Parameters
     ----------
@@ -245,7 +246,7 @@ class CirculantDiagonalConfig(AdapterConfig):
 
 @dataclass
 class FourierFTConfig(AdapterConfig):
-    """FourierFT adapter with the same numerics as PEFT's FourierFTConfig (DESIGN §6).
+    """FourierFT adapter with the same numerics as PEFT's FourierFTConfig (docs/finetuning.rst, "The adapters").
 
     Parameters
     ----------
@@ -274,6 +275,8 @@ class FourierFTConfig(AdapterConfig):
         self.n_frequency = _positive_int(self.n_frequency, "n_frequency")
         if isinstance(self.scaling, bool) or not isinstance(self.scaling, numbers.Real):
             raise TypeError(f"scaling must be a float, got {self.scaling!r}")
+        if not math.isfinite(float(self.scaling)):
+            raise ValueError(f"scaling must be a finite float, got {self.scaling!r}")
         self.scaling = float(self.scaling)
         if isinstance(self.random_loc_seed, bool) or \
                 not isinstance(self.random_loc_seed, numbers.Integral):

@@ -256,7 +256,7 @@ def c3a_to_block_circulant(k):
 
     PEFT's C3A computes ``y = BlockCircularConvolution(x, k) / d_in`` with ``k`` of shape
     ``(d_out/b, d_in/b, b)``.  The same map is ``block_circulant_matmul(w, x)`` with
-    ``w = roll(flip(k, -1), 1, -1) / d_in`` (DESIGN §5).
+    ``w = roll(flip(k, -1), 1, -1) / d_in`` (docs/operators.rst, "Kernels from PEFT's C3A").
 
     Parameters
     ----------
@@ -276,7 +276,7 @@ def c3a_to_block_circulant(k):
 
 
 # ---------------------------------------------------------------------------------------------
-# FourierFT (DESIGN §6)
+# FourierFT (docs/finetuning.rst, "The adapters")
 # ---------------------------------------------------------------------------------------------
 _ROUTES = ("auto", "fft", "dense")
 
@@ -351,7 +351,7 @@ def fourierft_delta_weight(spectrum, rows, cols, out_features, in_features, scal
 
 
 def fourierft_matmul(x, spectrum, rows, cols, out_features, scaling, *, route="auto"):
-    """FourierFT update applied to rows: ``x @ dW.T`` without forming ``dW`` (DESIGN §6).
+    """FourierFT update applied to rows: ``x @ dW.T`` without forming ``dW`` (docs/finetuning.rst, "The adapters").
 
     ``dW = scaling * Re(ifft2(F))`` is PEFT's FourierFT update, ``F`` the
     ``(out_features, in_features)`` grid with ``F[rows[k], cols[k]] = spectrum[k]``.

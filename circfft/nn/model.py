@@ -30,6 +30,7 @@ import re
 
 from torch import nn
 
+from ._layer_base import check_adapter_name
 from .config import AdapterConfig
 from .layers import LAYER_CLASSES, AdapterLayer, base_layer_shape, is_supported_base
 
@@ -217,9 +218,7 @@ def inject(model: nn.Module, config: AdapterConfig, adapter_name: str = "default
     if not isinstance(config, AdapterConfig) or config.adapter_type not in LAYER_CLASSES:
         allowed = [c.config_class.__name__ for c in LAYER_CLASSES.values()]
         raise TypeError(f"config must be one of {allowed}, got {type(config).__name__}")
-    if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
-        raise ValueError(f"adapter_name must be a non-empty str without '.', "
-                         f"got {adapter_name!r}")
+    check_adapter_name(adapter_name)
     known = getattr(model, "circfft_adapters", {})
     if adapter_name in known:
         raise ValueError(f"the model already has an adapter named {adapter_name!r} "

@@ -9,7 +9,7 @@ path>.<parameter>``.  This module only knows that format; reading, validating an
 directories is :mod:`circfft.nn.io`'s job.
 
 Kernels.  C3A computes ``y = BlockCircularConvolution(x, k) / d_in``; block ``(i, j)`` of that map
-is ``circ(w[i, j])`` with ``w[..., r] = k[..., (-r) mod b]`` (DESIGN §5).  That index map is its
+is ``circ(w[i, j])`` with ``w[..., r] = k[..., (-r) mod b]`` (docs/operators.rst, "Kernels from PEFT's C3A").  That index map is its
 own inverse, so the same function converts in both directions, and it only moves entries: with
 ``scale="fan_in"`` (our ``1/in_features``) the round trip is bit-exact.
 """
@@ -59,7 +59,7 @@ def c3a_index_map(k: torch.Tensor) -> torch.Tensor:
     """Reindex a kernel between C3A's convention and ours: ``out[..., r] = k[..., (-r) mod b]``.
 
     The map is an involution (applying it twice gives ``k`` back) and moves values without
-    arithmetic, so it is exact.  It equals ``roll(flip(k, -1), 1, -1)`` (DESIGN §5, without the
+    arithmetic, so it is exact.  It equals ``roll(flip(k, -1), 1, -1)`` (docs/operators.rst, "Kernels from PEFT's C3A", without the
     ``1/d_in``, which our ``scale="fan_in"`` supplies).
     """
     return torch.roll(torch.flip(k, (-1,)), 1, -1)

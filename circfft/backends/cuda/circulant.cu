@@ -1,4 +1,4 @@
-// Products of packed (halfcomplex) spectra: the circulant algebra of DESIGN §3-4 on the GPU.
+// Products of packed (halfcomplex) spectra: the circulant algebra of docs/operators.rst on the GPU.
 //
 // In the packed layout of length n the complex value of frequency k (0 < k < n/2) is
 // (X[k], X[n-k]); X[0] and, for even n, X[n/2] are real.  Each kernel thread owns one
