@@ -13,7 +13,7 @@ hands the product to the backend of the arrays' family
 from __future__ import annotations
 
 
-from ._validation import check_axis
+from ._validation import check_axis, dtype_list
 from .backends import resolve
 from .backends._array_ops import array_family, ops_for_family
 
@@ -45,7 +45,7 @@ def _prepare(named, backend):
     arrays = {k: ops.asarray(v) for k, v in present}
     ref_name = present[-1][0]
     ref = arrays[ref_name]
-    allowed = " or ".join(ops.kept_dtypes)
+    allowed = dtype_list(ops.kept_dtypes)
     for k, a in arrays.items():
         name = ops.dtype_name(a.dtype)
         if ops.dtype_kind(a.dtype) != "f" or name not in ops.kept_dtypes:

@@ -81,6 +81,12 @@ def check_workers(workers) -> int:
     return ncpu + 1 + workers
 
 
+def dtype_list(names) -> str:
+    """``"float32, float64 or float16"``: dtype names for messages."""
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
 def check_real_dtype(dtype, name: str, inplace: bool, ops) -> object:
     """Result dtype of a real transform of an array of ``dtype`` (family ``ops``).
 
@@ -91,7 +97,7 @@ def check_real_dtype(dtype, name: str, inplace: bool, ops) -> object:
     """
     kind = ops.dtype_kind(dtype)
     dname = ops.dtype_name(dtype)
-    allowed = " or ".join(ops.kept_dtypes)
+    allowed = dtype_list(ops.kept_dtypes)
     if kind == "f" and dname in ops.kept_dtypes:
         if ops.family == "numpy" and not np.dtype(dtype).isnative:
             if inplace:

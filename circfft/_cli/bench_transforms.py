@@ -2,7 +2,8 @@
 
 What is measured, for every method, direction, dtype, length ``n`` and worker count:
 
-* **time**: ``rows = elements // n`` rows of length ``n`` are transformed in one call.  Before
+* **time**: ``rows = elements // n`` rows of length ``n`` are transformed in one call, with
+  the same ``norm`` (``--norm``, default ``"ortho"``) for every method that has one.  Before
   every call (warm-up and timed alike) the call's input buffer is refilled from a pristine copy,
   untimed, so in-place methods never see their own output (no growth into Inf, no decay into
   denormals) and every method starts from the same cache state.  The reported figure is the
@@ -15,16 +16,22 @@ What is measured, for every method, direction, dtype, length ``n`` and worker co
   the table says so (:class:`.measure.PeakMemory`).  The call's result is alive when the peak
   is read, so an out-of-place method's output counts.
 
-Methods (``--methods``):
+Methods (``--methods``; by default every installed one but the ``circfft:numpy`` reference):
 
 =================  ====================================================================
-``circfft:numba``  ``circfft.rdfft(x, out=x, workers=w, backend="numba")`` / ``irdfft``
-``circfft:numpy``  the same with ``backend="numpy"``
-``scipy.fft``      ``scipy.fft.rfft(x, workers=w)`` / ``irfft(X, n, workers=w)`` (baseline)
-``numpy.fft``      ``numpy.fft.rfft(x)`` / ``irfft(X, n)`` (single-threaded)
-``scipy.fftpack``  ``scipy.fftpack.rfft(x, overwrite_x=True)`` / ``irfft`` (single-threaded)
-``torch.fft``      ``torch.fft.rfft(t)`` / ``irfft(T, n)``, ``torch.set_num_threads(w)``
+``circfft:numba``  ``circfft.rdfft(x, norm, out=x, workers=w, backend="numba")`` / ``irdfft``
+``circfft:numpy``  the same with ``backend="numpy"`` (single-threaded reference)
+``scipy.fft``      ``scipy.fft.rfft(x, norm=norm, workers=w)`` / ``irfft(X, n, ...)`` (baseline)
+``numpy.fft``      ``numpy.fft.rfft(x, norm=norm)`` / ``irfft(X, n, norm=norm)`` (one thread)
+``scipy.fftpack``  ``scipy.fftpack.rfft(x, overwrite_x=True)`` / ``irfft`` (one thread, no norm)
+``torch.fft``      ``torch.fft.rfft(t, norm=norm)`` / ``irfft(T, n, ...)``,
+                   ``torch.set_num_threads(w)``
 =================  ====================================================================
+
+Methods without a worker count (``SINGLE_THREADED``) run once per case, at the first worker
+count, instead of once per worker count with the same result.  The full run covers powers of
+two from 64 to 2**20 and the lengths 3*2**k, 5*2**k and 1000 (``FULL_SIZES``); the ratio table
+(rows: dtype, workers, direction; columns: n) shows powers of two and the other lengths apart.
 """
 from __future__ import annotations
 
@@ -41,20 +48,30 @@ from dataclasses import asdict, dataclass, field
 from .info import dist_version, importable
 from .measure import PeakMemory, Profiles, progress_bar, render_table, time_call
 
-__all__ = ["add_arguments", "run", "METHODS", "method_available", "measure_case",
-           "format_table", "format_ratio_table", "plot"]
+__all__ = ["add_arguments", "run", "METHODS", "DEFAULT_METHODS", "SINGLE_THREADED",
+           "FULL_SIZES", "method_available", "measure_case", "plan_cases", "format_table",
+           "format_ratio_table", "plot"]
 
 #: Method names in table order; the first available of BASELINES is the ratio's denominator.
 METHODS = ("circfft:numba", "circfft:numpy", "scipy.fft", "numpy.fft", "scipy.fftpack",
            "torch.fft")
+#: Run when ``--methods`` is not given (those installed): all but the slow numpy reference.
+DEFAULT_METHODS = tuple(m for m in METHODS if m != "circfft:numpy")
+#: Methods without a worker count: measured at the first worker count only.
+SINGLE_THREADED = ("circfft:numpy", "numpy.fft", "scipy.fftpack")
 BASELINES = ("scipy.fft", "numpy.fft")
 DIRECTIONS = {"rdfft": "forward", "irdfft": "inverse"}
+LABELS = {"forward": "rdfft", "inverse": "irdfft"}
+NORMS = ("backward", "ortho", "forward")
 
+#: Lengths of a full run: powers of two 64 ... 2**20, and 3*2**k, 5*2**k and 1000.
+FULL_SIZES = sorted([4 ** k for k in range(3, 9)] + [1 << k for k in (17, 18, 19, 20)]
+                    + [96, 192, 320, 640, 1000, 3072, 5120])
 #: Settings of a full run and of ``--quick`` (workers None: 1 and ``os.cpu_count()``).
 SETTINGS = Profiles(
-    full=dict(sizes=[4 ** k for k in range(3, 9)], elements=1 << 22, repeat=7, warmup=2,
+    full=dict(sizes=FULL_SIZES, elements=1 << 22, repeat=7, warmup=2,
               dtype=["float32", "float64"], workers=None),
-    quick=dict(sizes=[256, 4096, 65536], elements=1 << 20, repeat=3, warmup=1,
+    quick=dict(sizes=[256, 1000, 4096, 65536], elements=1 << 20, repeat=3, warmup=1,
                dtype=["float32"], workers=None))
 
 
@@ -65,8 +82,8 @@ def _default_workers() -> list[int]:
 def add_arguments(p) -> None:
     """Add ``bench``'s options to the argparse (sub)parser ``p``."""
     p.add_argument("--sizes", type=int, nargs="+", metavar="N",
-                   help="row lengths n (full run: 64 256 1024 4096 16384 65536; "
-                        "--quick: 256 4096 65536)")
+                   help=f"row lengths n (full run: {' '.join(map(str, FULL_SIZES))}; "
+                        f"--quick: {' '.join(map(str, SETTINGS.quick['sizes']))})")
     p.add_argument("--elements", type=int, metavar="E",
                    help="elements per call; rows = E // n (full run: 2**22; --quick: 2**20)")
     p.add_argument("--dtype", nargs="+", choices=["float32", "float64"],
@@ -79,7 +96,11 @@ def add_arguments(p) -> None:
     p.add_argument("--warmup", type=int, metavar="K",
                    help="untimed calls before timing (full run: 2; --quick: 1)")
     p.add_argument("--methods", nargs="+", choices=METHODS, metavar="M",
-                   help=f"methods to run, from {', '.join(METHODS)} (default: all installed)")
+                   help=f"methods to run, from {', '.join(METHODS)} (default: those installed "
+                        f"of {' '.join(DEFAULT_METHODS)})")
+    p.add_argument("--norm", choices=NORMS, default="ortho",
+                   help="normalisation of every method that has one (default: ortho; "
+                        "scipy.fftpack always runs 'backward')")
     p.add_argument("--directions", nargs="+", choices=list(DIRECTIONS),
                    default=list(DIRECTIONS), help="transform directions (default: both)")
     p.add_argument("--quick", action="store_true",
@@ -148,7 +169,7 @@ class Sources:
 
 
 def make_case(method: str, direction: str, dtype: str, n: int, rows: int, workers: int,
-              sources: Sources | None = None) -> Case:
+              sources: Sources | None = None, norm: str = "ortho") -> Case:
     import numpy as np
 
     sources = sources or Sources()
@@ -161,7 +182,8 @@ def make_case(method: str, direction: str, dtype: str, n: int, rows: int, worker
         backend = method.partition(":")[2]
         fn = circfft.rdfft if forward else circfft.irdfft
         work = real.copy()             # real input; for irdfft any real array is a packed spectrum
-        return Case(real, work, lambda: fn(work, out=work, workers=workers, backend=backend))
+        return Case(real, work, lambda: fn(work, norm=norm, out=work, workers=workers,
+                                           backend=backend))
 
     if method == "scipy.fftpack":
         import scipy.fftpack as fftpack
@@ -177,20 +199,20 @@ def make_case(method: str, direction: str, dtype: str, n: int, rows: int, worker
         import scipy.fft
 
         if forward:
-            return Case(src, work, lambda: scipy.fft.rfft(work, workers=workers))
-        return Case(src, work, lambda: scipy.fft.irfft(work, n, workers=workers))
+            return Case(src, work, lambda: scipy.fft.rfft(work, norm=norm, workers=workers))
+        return Case(src, work, lambda: scipy.fft.irfft(work, n, norm=norm, workers=workers))
     if method == "numpy.fft":
         if forward:
-            return Case(src, work, lambda: np.fft.rfft(work))
-        return Case(src, work, lambda: np.fft.irfft(work, n))
+            return Case(src, work, lambda: np.fft.rfft(work, norm=norm))
+        return Case(src, work, lambda: np.fft.irfft(work, n, norm=norm))
     if method == "torch.fft":
         import torch
 
         t = torch.from_numpy(work)     # shares memory with work, so refill() feeds it
         setup = lambda: torch.set_num_threads(workers)  # noqa: E731
         if forward:
-            return Case(src, work, lambda: torch.fft.rfft(t), setup)
-        return Case(src, work, lambda: torch.fft.irfft(t, n), setup)
+            return Case(src, work, lambda: torch.fft.rfft(t, norm=norm), setup)
+        return Case(src, work, lambda: torch.fft.irfft(t, n, norm=norm), setup)
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -216,12 +238,12 @@ class Result:
 
 
 def measure_case(method, direction, dtype, n, rows, workers, *, repeat, warmup, memory,
-                 sources=None) -> Result:
+                 sources=None, norm="ortho") -> Result:
     """Time (median of ``repeat`` calls after ``warmup``) and extra peak memory of one case."""
     import numpy as np
 
     res = Result(method, direction, dtype, n, rows, workers)
-    case = make_case(method, direction, dtype, n, rows, workers, sources)
+    case = make_case(method, direction, dtype, n, rows, workers, sources, norm)
     if case.setup is not None:
         case.setup()
     gc_was_enabled = gc.isenabled()
@@ -254,13 +276,23 @@ def _settings(args) -> dict:
     if s["elements"] < 1 or s["repeat"] < 1 or s["warmup"] < 0:
         raise SystemExit("bench: --elements and --repeat must be positive, --warmup >= 0")
     s["directions"] = [DIRECTIONS[d] for d in args.directions]
+    s["norm"] = getattr(args, "norm", None) or "ortho"
     return s
+
+
+def plan_cases(s, methods) -> list[tuple]:
+    """``(dtype, workers, n, method, direction)`` of every case, in running order; a method of
+    ``SINGLE_THREADED`` runs at the first worker count only."""
+    first = s["workers"][0]
+    return [(dt, w, n, m, d) for dt in s["dtype"] for n in s["sizes"] for w in s["workers"]
+            for m in methods for d in s["directions"]
+            if w == first or m not in SINGLE_THREADED]
 
 
 def run(args) -> int:
     """Run the benchmark described by the parsed ``args``; print the tables; return status."""
     s = _settings(args)
-    requested = list(args.methods) if args.methods else list(METHODS)
+    requested = list(args.methods) if args.methods else list(DEFAULT_METHODS)
     methods, skipped = [], {}
     for m in requested:
         reason = method_available(m)
@@ -279,8 +311,7 @@ def run(args) -> int:
         print(line)
     sys.stdout.flush()
 
-    plan = [(dt, w, n, m, d) for dt in s["dtype"] for n in s["sizes"] for w in s["workers"]
-            for m in methods for d in s["directions"]]
+    plan = plan_cases(s, methods)
     sources = Sources()
     results = []
     bar = progress_bar(len(plan), enabled=not args.no_progress, unit="case", leave=False)
@@ -290,7 +321,8 @@ def run(args) -> int:
             bar.set_description_str(f"{m} {d} {dt} n={n} w={w}")
             try:
                 r = measure_case(m, d, dt, n, rows, w, repeat=s["repeat"],
-                                 warmup=s["warmup"], memory=memory, sources=sources)
+                                 warmup=s["warmup"], memory=memory, sources=sources,
+                                 norm=s["norm"])
             except Exception as exc:   # keep going; reported below and in the exit status
                 r = Result(m, d, dt, n, rows, w, error=f"{type(exc).__name__}: {exc}")
             results.append(r)
@@ -345,8 +377,8 @@ def _meta(args, s, baseline, memory, skipped) -> dict:
         f"# {platform.platform()}; os.cpu_count() = {os.cpu_count()}{_loadavg()}"
         + (f"; env: {' '.join(f'{k}={v}' for k, v in env.items())}" if env else ""),
         f"# {s['elements']} elements per call (rows = elements // n); median of {s['repeat']} "
-        f"calls after {s['warmup']} warm-up; ratio = time / {baseline} time (same direction, "
-        "dtype, n, workers)",
+        f"calls after {s['warmup']} warm-up; norm={s['norm']!r}; ratio = time / {baseline} "
+        "time (same direction, dtype, n, workers)",
     ]
     return {"command": args.command_line, "argv": getattr(args, "argv", None),
             "versions": versions, "env": env, "platform": platform.platform(),
@@ -372,8 +404,9 @@ def _footer(meta, results) -> list[str]:
         "before every call, and so do the others.",
         f"# extra memory ({meta['memory_kind']}): {meta['memory_method']}. "
         "'/x' is that divided by the size of the real input x.",
-        "# numpy.fft and scipy.fftpack have no workers argument (single-threaded); "
-        "torch.fft runs under torch.set_num_threads(w).",
+        f"# {', '.join(SINGLE_THREADED)} take no worker count: measured at "
+        f"w={meta['settings']['workers'][0]} only; torch.fft runs under "
+        "torch.set_num_threads(w); scipy.fftpack has no norm argument (always 'backward').",
     ]
     for m, reason in meta["skipped"].items():
         lines.append(f"# skipped {m}: {reason}")
@@ -391,10 +424,9 @@ def _footer(meta, results) -> list[str]:
 def format_table(results, s, baseline) -> str:
     """Main table: one row per (dtype, workers, n, method), rdfft and irdfft side by side."""
     dirs = s["directions"]
-    label = {"forward": "rdfft", "inverse": "irdfft"}
     headers = ["dtype", "w", "n", "rows", "method"]
     for d in dirs:
-        headers += [f"{label[d]} ns/el", f"/{baseline}", "MiB extra", "/x"]
+        headers += [f"{LABELS[d]} ns/el", f"/{baseline}", "MiB extra", "/x"]
     by_key = {(r.dtype, r.workers, r.n, r.method, r.direction): r for r in results}
     rows = []
     order = {k: {v: i for i, v in enumerate(s[k])} for k in ("dtype", "workers", "sizes")}
@@ -424,30 +456,46 @@ def format_table(results, s, baseline) -> str:
 
 
 def format_ratio_table(results, s, baseline, methods) -> str:
-    """Ratio of each method's time to the baseline's: rows (dtype, w, method, dir), columns n."""
-    label = {"forward": "rdfft", "inverse": "irdfft"}
-    sizes = s["sizes"]
-    headers = ["dtype", "w", "method", "dir"] + [f"n={n}" for n in sizes]
+    """Time over the baseline's: rows (dtype, workers, direction, method), columns n.
+
+    The baseline's own row holds its median time per call in ms (the ratios' unit); the other
+    rows hold ``time / baseline time`` at the same dtype, n, workers and direction.  Powers of
+    two and the other lengths are two blocks of columns, so that each stays readable.
+    """
     by_key = {(r.dtype, r.workers, r.method, r.direction, r.n): r for r in results}
-    rows = []
-    first = True
-    for dt in s["dtype"]:
-        for w in s["workers"]:
-            if not first:
-                rows.append(None)
-            first = False
-            for m in methods:
-                if m == baseline:
-                    continue
+    measured = {(r.dtype, r.workers, r.method) for r in results}
+    blocks = [("n: powers of two", [n for n in s["sizes"] if n & (n - 1) == 0]),
+              ("n: other lengths", [n for n in s["sizes"] if n & (n - 1)])]
+    out = [f"time / {baseline} time (below 1.00: faster than {baseline}); the {baseline} ms "
+           "rows: its time per call in ms"]
+    for title, sizes in blocks:
+        if not sizes:
+            continue
+        rows = []
+        for dt in s["dtype"]:
+            for w in s["workers"]:
+                if rows:
+                    rows.append(None)
                 for d in s["directions"]:
-                    row = [dt, str(w), m, label[d]]
-                    for n in sizes:
-                        r = by_key.get((dt, w, m, d, n))
-                        ok = r is not None and not r.error and not math.isnan(r.ratio)
-                        row.append(f"{r.ratio:.2f}" if ok else "-")
-                    rows.append(row)
-    title = f"time / {baseline} time (below 1.00: faster than {baseline})"
-    return title + "\n" + render_table(headers, rows, left={0, 2, 3})
+                    for m in [baseline] + [m for m in methods if m != baseline]:
+                        if (dt, w, m) not in measured:
+                            continue
+                        cells = [_ratio_cell(by_key.get((dt, w, m, d, n)), m == baseline)
+                                 for n in sizes]
+                        rows.append([dt, str(w), LABELS[d],
+                                     f"{m} ms" if m == baseline else m] + cells)
+        out += ["", title, render_table(["dtype", "w", "dir", "method"] + [str(n) for n in sizes],
+                                        rows, left={0, 2, 3})]
+    return "\n".join(out)
+
+
+def _ratio_cell(r, absolute: bool) -> str:
+    """One cell: the ratio, or (``absolute``) the time per call in ms; "-" without a result."""
+    if r is None or r.error:
+        return "-" if r is None else "FAILED"
+    if absolute:
+        return f"{r.median_s * 1e3:.2f}"
+    return "-" if math.isnan(r.ratio) else f"{r.ratio:.2f}"
 
 
 def plot(results, s, methods, path, title="") -> None:
@@ -459,7 +507,6 @@ def plot(results, s, methods, path, title="") -> None:
 
     combos = [(dt, w) for dt in s["dtype"] for w in s["workers"]]
     dirs = s["directions"]
-    label = {"forward": "rdfft", "inverse": "irdfft"}
     ncols = 2 * len(dirs)
     fig, axes = plt.subplots(len(combos), ncols, figsize=(4.2 * ncols, 3.2 * len(combos)),
                              squeeze=False, sharex=True)
@@ -478,8 +525,8 @@ def plot(results, s, methods, path, title="") -> None:
                              linewidth=2 if m.startswith("circfft") else 1.2, label=m)
                 ax_t.plot(ns, t, **style)
                 ax_m.plot(ns, mem, **style)
-            ax_t.set_title(f"{label[d]} time, {dt}, {w} worker(s)", fontsize=9)
-            ax_m.set_title(f"{label[d]} extra peak memory, {dt}, {w} worker(s)", fontsize=9)
+            ax_t.set_title(f"{LABELS[d]} time, {dt}, {w} worker(s)", fontsize=9)
+            ax_m.set_title(f"{LABELS[d]} extra peak memory, {dt}, {w} worker(s)", fontsize=9)
             ax_t.set_ylabel("ns per element")
             ax_m.set_ylabel("MiB")
             ax_t.set_yscale("log")

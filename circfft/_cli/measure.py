@@ -9,15 +9,17 @@ import contextlib
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["sync", "torch_threads", "time_call", "cuda_event_seconds", "PeakMemory",
+__all__ = ["sync", "torch_threads", "time_call", "cuda_event_seconds", "cuda_median_seconds",
+           "host_seconds_per_call", "default_device", "device_description", "PeakMemory",
            "fix_mmap_threshold", "run_fresh_process", "Profiles", "progress_bar", "mib",
-           "format_row", "render_table"]
+           "format_row", "render_table", "ratio", "verdict", "run_header"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,6 +65,53 @@ def cuda_event_seconds(torch, fn) -> float:
     end.record()
     end.synchronize()
     return start.elapsed_time(end) * 1e-3
+
+
+def cuda_median_seconds(torch, fn, repeat: int, warmup: int) -> float:
+    """Median of ``repeat`` CUDA-event timings of ``fn()`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    return statistics.median(cuda_event_seconds(torch, fn) for _ in range(repeat))
+
+
+def host_seconds_per_call(fn, calls: int, device: str = "cpu") -> tuple[float, float]:
+    """``(enqueue, wall)`` seconds per call of ``calls`` back-to-back calls of ``fn()``.
+
+    ``device`` is synchronised before the first call and after the last one, never in between:
+    ``enqueue`` is the host time until the last call returned (what the caller's thread spends
+    per call, launches included), ``wall`` the time until the device finished as well.
+    """
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    t1 = time.perf_counter()
+    sync(device)
+    t2 = time.perf_counter()
+    return (t1 - t0) / calls, (t2 - t0) / calls
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices
+# ---------------------------------------------------------------------------------------------
+def default_device() -> str:
+    """``"cuda"`` when torch sees a CUDA device, else ``"cpu"`` (the commands' default)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_description(device: str) -> str:
+    """What ``device`` is, for the line every command prints: name, or why not a GPU."""
+    import torch
+
+    if device.startswith("cuda"):
+        index = torch.device(device).index
+        index = torch.cuda.current_device() if index is None else index
+        return f"{device} ({torch.cuda.get_device_name(index)}, torch {torch.__version__})"
+    why = ("a CUDA device is present but not chosen" if torch.cuda.is_available() else
+           "no CUDA device: torch.cuda.is_available() is False")
+    return f"cpu ({torch.get_num_threads()} torch threads; {why})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,3 +373,26 @@ def render_table(headers, rows, left=(), markdown: bool = False) -> str:
     out = [format_row(headers, widths, left), format_row(["-" * wd for wd in widths], widths)]
     out += ["" if row is None else format_row(row, widths, left) for row in rows]
     return "\n".join(out)
+
+
+def ratio(numerator, denominator) -> float | None:
+    """``numerator / denominator``; None when either is missing or the denominator is 0."""
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def verdict(what: str, value: float | None, target: float | None) -> str:
+    """``"time ok"`` / ``"time MISSED"`` for ``value <= target``; "" without both."""
+    if value is None or target is None:
+        return ""
+    return f"{what} ok" if value <= target else f"{what} MISSED"
+
+
+def run_header(command: str, versions: dict, device: str | None = None) -> list[str]:
+    """Header lines of a report: the command, the date, the versions and the device."""
+    lines = [f"# {command}" if command else None,
+             f"# {time.strftime('%Y-%m-%d %H:%M:%S %z')}; "
+             + ", ".join(f"{name} {v}" for name, v in versions.items() if v),
+             f"# device: {device}" if device else None]
+    return [line for line in lines if line]

@@ -209,7 +209,7 @@ def check_inplace_allowed(x, name: str = "x") -> None:
             raise RuntimeError(f"a leaf Variable that requires grad is being used in an "
                                f"in-place operation ({name}).")
         base = x._base
-        if base is not None and base.is_leaf and base.requires_grad:
+        if base is not None and base.is_leaf:     # torch's own rule (check_inplace)
             raise RuntimeError(f"a view of a leaf Variable that requires grad is being used in "
                                f"an in-place operation ({name}).")
 
