@@ -1,17 +1,27 @@
-"""Plan tables shared by every backend: twiddle factors and bit-reversal maps.
+"""Plan tables shared by the CPU backends: twiddle factors and bit-reversal maps, cached.
 
 A plan depends only on the transform length ``n`` and the working dtype, so it is built once
-and cached (``functools.lru_cache``).  Tables are computed in float64 and rounded once to the
-working dtype, which keeps float32 twiddles accurate to half an ulp.
+and cached.  Tables are computed in float64 a chunk at a time and rounded once to the working
+dtype, which keeps float32 twiddles accurate to half an ulp without full-size float64
+temporaries.  The cache is bounded (see :func:`get_plan` and ``docs/algorithm.rst``,
+"Memory"): plans up to ``PLAN_CACHE_BYTES`` in all, plus the most recent larger plan, which
+:func:`release_plans` (and ``numba_backend.release_scratch``) frees.
 """
 from __future__ import annotations
 
-import functools
+import threading
+from collections import OrderedDict
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Plan", "get_plan", "is_power_of_two"]
+__all__ = ["Plan", "get_plan", "is_power_of_two", "plan_bytes", "release_plans",
+           "PLAN_CACHE_BYTES"]
+
+#: Plans are kept, least recently used first out, up to this many bytes of tables in all.
+PLAN_CACHE_BYTES = 32 << 20
+#: Rows of the tables computed at a time (float64 temporaries of this size only).
+_CHUNK = 1 << 16
 
 
 def is_power_of_two(n: int) -> bool:
@@ -33,7 +43,7 @@ class Plan(NamedTuple):
         Interleaved ``cos, -sin`` of ``2*pi*k/n`` for ``k < 3n/4``: ``W^k = exp(-2j*pi*k/n)``.
         The complex FFT of length ``m`` uses ``W^(2k)``; the radix-4 stages need exponents up
         to ``3/4`` of the circle.
-    bitrev : ndarray of int64, shape (m,)
+    bitrev : ndarray of int32, shape (m,)
         ``bitrev[k]`` is ``k`` with its ``log2(m)`` bits reversed: where the in-place
         decimation-in-frequency FFT leaves ``Z_k``.
     """
@@ -43,25 +53,75 @@ class Plan(NamedTuple):
     bitrev: np.ndarray
 
 
-@functools.lru_cache(maxsize=64)
-def get_plan(n: int, dtype: np.dtype) -> Plan:
-    """Return the cached plan for power-of-two length ``n >= 2`` in ``dtype``."""
-    if not (n >= 2 and is_power_of_two(n)):
-        raise ValueError(f"plans exist for power-of-two n >= 2, got n={n}")
+def plan_bytes(n: int, dtype) -> int:
+    """Bytes of the tables of a plan: ``3n/4`` complex twiddles and ``n/2`` int32 indices."""
+    return 2 * max(1, (3 * n) // 4) * np.dtype(dtype).itemsize + 4 * (n // 2)
+
+
+def _build(n: int, dtype: np.dtype) -> Plan:
     m = n // 2
-    k = np.arange(max(1, (3 * n) // 4), dtype=np.float64)
-    angle = (2.0 * np.pi / n) * k
-    tw = np.empty(2 * k.size, dtype=np.float64)
-    tw[0::2] = np.cos(angle)
-    tw[1::2] = -np.sin(angle)
-    # Exact values where the angle is a multiple of pi/4 keep integer inputs exact.
-    tw[np.abs(tw) < 1e-15] = 0.0
-    tw = tw.astype(dtype)
+    count = max(1, (3 * n) // 4)
+    tw = np.empty(2 * count, dtype=dtype)
+    for k0 in range(0, count, _CHUNK):
+        k = np.arange(k0, min(count, k0 + _CHUNK), dtype=np.float64)
+        angle = (2.0 * np.pi / n) * k
+        c, s = np.cos(angle), -np.sin(angle)
+        # Exact values where the angle is a multiple of pi/4 keep integer inputs exact.
+        c[np.abs(c) < 1e-15] = 0.0
+        s[np.abs(s) < 1e-15] = 0.0
+        tw[2 * k0: 2 * (k0 + k.size): 2] = c
+        tw[2 * k0 + 1: 2 * (k0 + k.size): 2] = s
     tw.flags.writeable = False
     bits = m.bit_length() - 1
-    idx = np.arange(m, dtype=np.int64)
-    rev = np.zeros(m, dtype=np.int64)
-    for b in range(bits):
-        rev |= ((idx >> b) & 1) << (bits - 1 - b)
+    rev = np.empty(m, dtype=np.int32)
+    for p0 in range(0, m, _CHUNK):
+        idx = np.arange(p0, min(m, p0 + _CHUNK), dtype=np.int64)
+        r = np.zeros_like(idx)
+        for b in range(bits):
+            r |= ((idx >> b) & 1) << (bits - 1 - b)
+        rev[p0: p0 + idx.size] = r
     rev.flags.writeable = False
     return Plan(n, tw, rev)
+
+
+_lock = threading.Lock()
+_small: OrderedDict = OrderedDict()     # (n, dtype) -> Plan, within PLAN_CACHE_BYTES
+_large: dict = {}                       # at most one plan larger than the budget
+
+
+def get_plan(n: int, dtype) -> Plan:
+    """The cached plan for power-of-two length ``n >= 2`` in ``dtype``.
+
+    Plans are kept least-recently-used first out up to ``PLAN_CACHE_BYTES`` of tables; a
+    plan larger than that (``n > 2**21`` in float32) is kept alone until the next such plan
+    or :func:`release_plans`.
+    """
+    if not (n >= 2 and is_power_of_two(n)):
+        raise ValueError(f"plans exist for power-of-two n >= 2, got n={n}")
+    key = (n, np.dtype(dtype))
+    with _lock:
+        plan = _small.get(key) or _large.get(key)
+        if plan is not None:
+            if key in _small:
+                _small.move_to_end(key)
+            return plan
+    plan = _build(n, key[1])
+    size = plan_bytes(n, key[1])
+    with _lock:
+        if size > PLAN_CACHE_BYTES:
+            _large.clear()
+            _large[key] = plan
+        else:
+            _small[key] = plan
+            total = sum(plan_bytes(k[0], k[1]) for k in _small)
+            while total > PLAN_CACHE_BYTES:
+                (kn, kd), _ = _small.popitem(last=False)
+                total -= plan_bytes(kn, kd)
+    return plan
+
+
+def release_plans() -> None:
+    """Free every cached plan (they are rebuilt on the next call that needs them)."""
+    with _lock:
+        _small.clear()
+        _large.clear()

@@ -74,17 +74,17 @@ _PARAMS = """
 """
 
 _NOTES = """
-    Power-of-two lengths run in place.  The compiled (numba) backend needs, per worker thread,
-    a scratch of ``128 * n`` bytes for ``n <= 2**16`` (two buffers holding 16 float32 or 8
-    float64 rows side by side, so that the butterflies run on SIMD lanes) and of two rows
-    (``2 * n`` elements) for longer rows; it never grows with the number of rows.  A calling
-    thread keeps its last scratch of up to 32 MiB for its next call (fresh pages on every call
-    cost 10-15 % at ``n = 2**16``);
-    ``circfft.backends.numba_backend.release_scratch()`` frees it.  The numpy
-    reference backend works on blocks of at most ``max(n, 2**16)`` elements.  Other lengths
-    (odd ones included) give the exact result in the same layout through `numpy.fft`, on
-    blocks of rows, with a temporary of at most ``max(n, 2**16)`` complex elements.  NaN and
-    Inf propagate.  Empty arrays give empty results.
+    Power-of-two lengths are transformed in place.  Besides the output, a call allocates
+    nothing proportional to the number of rows: the plan tables of ``n`` (``1.5 n`` values of
+    the dtype and ``n/2`` int32 indices, cached) and, for the compiled CPU backend, a scratch
+    of ``128 n`` bytes per worker thread for ``n <= 2**16`` and of two rows per worker beyond
+    (so a single very long row needs about ``3.5`` times its own size while it is transformed).
+    ``circfft.backends.numba_backend.release_scratch()`` frees what is kept between calls.
+    Other lengths (odd ones included) give the exact result in the same layout through the
+    array library's FFT, a chunk of rows at a time.  NaN and Inf propagate as in `numpy.fft`
+    (see the layout page of the documentation).  Empty arrays give empty results.  The
+    algorithm and the exact memory budget are described in the documentation's "How the
+    transform is computed" page.
 """
 
 

@@ -38,7 +38,8 @@ import sys
 from dataclasses import dataclass
 
 from . import demo_data as data
-from .measure import PeakMemory, mib, progress_bar, render_table, time_call, torch_threads
+from .measure import (PeakMemory, default_device, device_description, mib, progress_bar,
+                      render_table, time_call, torch_threads)
 
 __all__ = ["METHODS", "DEFAULT_METHODS", "COMPARE_METHODS", "HEAD_LR", "add_arguments", "run",
            "build_method", "parameter_counts", "make_optimizer", "train_step", "check_device",
@@ -171,8 +172,9 @@ def _lr_factor(step: int, steps: int) -> float:
     return max(0.0, (steps - step) / max(1, steps - warm))
 
 
-def make_optimizer(name, model):
-    """AdamW over the trainable parameters: the head at ``HEAD_LR``, the adapter at its LR."""
+def make_optimizer(name, model, lr: float | None = None):
+    """AdamW over the trainable parameters: the head at ``HEAD_LR``, the adapter at ``lr``
+    (default: method ``name``'s LR)."""
     import torch
 
     head, adapter = [], []
@@ -181,7 +183,7 @@ def make_optimizer(name, model):
             (head if "classifier" in pname else adapter).append(p)
     groups = [dict(params=head, lr=HEAD_LR)]
     if adapter:
-        groups.append(dict(params=adapter, lr=METHODS[name].lr))
+        groups.append(dict(params=adapter, lr=METHODS[name].lr if lr is None else lr))
     return torch.optim.AdamW(groups, weight_decay=0.0)
 
 
@@ -375,7 +377,8 @@ def add_arguments(p) -> None:
                    help="spectral entries per layer of the FourierFT methods (default 1000)")
     p.add_argument("--eval-size", type=int, default=None, metavar="N",
                    help="evaluate on the first N held-out entries (default: all)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:k]")
+    p.add_argument("--device", default=None,
+                   help="cpu or cuda[:k] (default: cuda when torch sees a CUDA device, else cpu)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--plot", metavar="FILE.png", help="save loss/accuracy/time/memory plots")
     p.add_argument("--json", metavar="FILE", help="save the rows (with loss curves) as JSON")
@@ -435,6 +438,8 @@ def run(args) -> int:
         print(f"demo needs torch and the demo extra: pip install 'circfft[demo]' ({exc})",
               file=sys.stderr)
         return 2
+    if args.device is None:
+        args.device = default_device()
     reason = check_device(args.device) or _check_targets(args.target_modules)
     if reason:
         print(f"demo: {reason}", file=sys.stderr)
@@ -458,6 +463,7 @@ def _run(args, torch) -> int:
     print(f"VADER lexicon: {len(entries)} entries with |mean rating| >= {data.NEUTRAL_MARGIN} "
           f"(near-neutral dropped); fixed split: {len(train)} train, {len(test)} held out "
           f"({n_pos} positive, majority class {majority:.1f}%)")
+    print(f"device: {device_description(args.device)}")
     print(f"model: MiniLM-L6 ({data.model_path()}), mean pooling, linear head; "
           f"targets {cfg['target_modules']}; {args.steps} steps of batch {args.batch_size}, "
           f"seed {args.seed}, {args.device}, {torch.get_num_threads()} threads, float32; "

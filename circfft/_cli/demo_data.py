@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 
 __all__ = ["LexiconEntry", "load_lexicon", "split_lexicon", "lexicon_path", "model_path",
-           "load_model", "load_tokenizer", "Batches", "tokenize",
+           "load_model", "with_head", "load_tokenizer", "Batches", "tokenize",
            "NEUTRAL_MARGIN", "SPLIT_SEED", "TEST_FRACTION", "DEFAULT_TARGET_MODULES"]
 
 #: Entries with |mean rating| below this are dropped as near-neutral (no agreed sign).
@@ -144,7 +144,6 @@ def load_model(seed: int = 0):
     The encoder's weights are frozen (``requires_grad=False``); the head is trainable.
     """
     _offline()
-    import torch
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
@@ -158,13 +157,20 @@ def load_model(seed: int = 0):
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
-    encoder.eval()                           # no dropout: steps are deterministic and comparable
+    return with_head(encoder, seed)
+
+
+def with_head(encoder, seed: int = 0):
+    """``SentimentClassifier`` around ``encoder`` (frozen, eval mode: no dropout, so steps are
+    deterministic and comparable), its head initialised from ``seed``."""
+    import torch
+
+    encoder.eval()
     for p in encoder.parameters():
         p.requires_grad_(False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _classifier_class()(encoder)
-    return model
+        return _classifier_class()(encoder)
 
 
 def tokenize(tokenizer, texts, device="cpu", max_length: int = 32):

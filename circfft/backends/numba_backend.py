@@ -31,7 +31,7 @@ import threading
 
 import numpy as np
 
-from .._plan import get_plan, is_power_of_two
+from .._plan import get_plan, is_power_of_two, release_plans
 from ._base import (Backend, BackendUnavailable, as_rows, iter_row_blocks, merged_rows,
                     transform_any_length)
 
@@ -80,8 +80,10 @@ def get_scratch(n: int, dtype, workers: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def release_scratch() -> None:
-    """Free the scratch buffers that the calling thread keeps between calls."""
+    """Free the scratch buffers that the calling thread keeps between calls, and the cached
+    plan tables (:func:`circfft._plan.release_plans`)."""
     _scratch.pair = None
+    release_plans()
 
 
 class NumbaBackend(Backend):
