@@ -2,8 +2,9 @@
 
 A kernel ``w`` of shape ``(m, n, b)`` stands for the ``m b x n b`` matrix ``C(w)`` whose block
 ``(o, i)`` is ``circ(w[o, i])``; the operator is ``y = post * C(w) (pre * x)`` (``C(w)^T`` with
-``transpose``) on rows ``x`` of shape ``(T, d)``.  With ``X_i = rdfft(x_i)`` of every block (see
-``docs/operators.rst`` for the derivation):
+``transpose``) on rows ``x`` of shape ``(T, d)``.  With ``X_i = rdfft(x_i)`` of every block (the
+derivation is in ``docs/operators.rst``, "Gradients without saved buffers" and "One algorithm,
+several executors"):
 
 - forward: ``Y_o = sum_i W_oi X_i`` per frequency pair, ``y_o = irdfft(Y_o)``; with
   ``transpose`` ``Y_i = sum_o conj(W_oi) X_o``;
@@ -18,7 +19,8 @@ chooses where spectra live and how products are computed.  An *executor* decides
 are split into blocks: the CPU splits them into cache-sized chunks, a GPU takes them all at
 once (a constant number of launches per call).  :class:`ReferencePrimitives` is the plain
 version (the family's FFT view of the spectra as complex arrays and one complex matmul per
-frequency), used for numpy and cupy arrays and as the oracle-free default of every backend.
+frequency), used for numpy arrays, for tensors without numba or CuPy and under
+``circfft.config(torch_fft=True)``, and as the generic default of every backend.
 """
 from __future__ import annotations
 

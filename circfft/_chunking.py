@@ -2,9 +2,11 @@
 
 A chunk holds about ``circfft.get_config().chunk_elements`` elements per row side (default
 ``2**18``: 1 MiB of float32, which keeps a chunk's temporaries in L2 on current CPUs), and at
-least one row.  Temporaries therefore never grow with the number of rows.  Chunks run one after
-another in the calling thread, in order, so every sum over rows is accumulated in the same
-order whatever the thread count: results are reproducible.  GPUs take all rows at once.
+least one row.  Temporaries therefore never grow with the number of rows.  On the CPU executor
+the chunks of one call are shared by ``torch.get_num_threads()`` Python threads, each taking
+every k-th chunk, and the per-thread sums are added in thread order, so results depend on the
+chunk size and the thread count only (``docs/settings.rst``, "Reproducibility").  GPUs take all
+rows at once.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ hands the product to the backend of the arrays' family
 from __future__ import annotations
 
 
-from ._validation import check_axis, dtype_list
+from ._validation import check_axis, check_out, dtype_list
 from .backends import resolve
 from .backends._array_ops import array_family, ops_for_family
 
@@ -431,24 +431,8 @@ def spectral_mul(A, B, *, conj=False, out=None, axis=-1, backend=None):
     if out is None:
         Z = ops.empty(shape, A.dtype, A)
     else:
-        if not isinstance(out, ops.array_type):
-            raise TypeError(f"out must be a {ops.type_name}, got {type(out).__name__}")
-        if out.dtype != A.dtype:
-            raise TypeError(f"out has dtype {ops.dtype_name(out.dtype)}, expected "
-                            f"{ops.dtype_name(A.dtype)}")
-        if _shape(out) != moved:
-            raise ValueError(f"out has shape {_shape(out)}, expected the broadcast shape "
-                             f"{moved}")
-        if ops.device(out) != ops.device(A):
-            raise ValueError(f"out is on {ops.device(out)} but A is on {ops.device(A)}")
-        if not ops.writeable(out):
-            raise ValueError("out is read-only")
-        if ops.self_overlap(out):
-            raise ValueError("out has elements sharing memory (a broadcast or expanded view?)")
-        for name, t in (("A", A), ("B", B)):
-            if ops.overlaps(out, t) and not ops.same_view(out, t):
-                raise ValueError(f"out overlaps {name} partially; pass out={name} itself for "
-                                 "an in-place product, or a separate array")
+        check_out(out, ops, shape=moved, dtype=A.dtype, operands=[("A", A), ("B", B)],
+                  shape_name="the broadcast shape", result="an in-place product")
         Z = ops.moveaxis(out, axis, -1)
     be.pair_mul(Am, Bm, Z, conj=bool(conj))
     return ops.moveaxis(Z, -1, axis) if out is None else out

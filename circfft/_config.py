@@ -89,9 +89,10 @@ def config(**settings):
     Raises
     ------
     TypeError
-        An unknown setting, or a value of the wrong type.
+        An unknown setting, or a bool setting given something else than True/False.
     ValueError
-        A value out of range.
+        A value out of range or of the wrong kind (``chunk_elements`` not a positive int,
+        an unknown route).
 
     Examples
     --------

@@ -38,7 +38,7 @@ def _transform(x, axis, norm, out, overwrite_x, workers, backend, forward):
                              "overlapping strided view), so out=x cannot transform it in place")
         return be.transform_inplace(out, **args)     # x itself, or another view of exactly x
     if out is not None:
-        check_out(out, arr, dtype, ops)
+        check_out(out, ops, shape=arr.shape, dtype=dtype, operands=[("x", arr)])
         ops.assign(out, arr)
         return be.transform_inplace(out, **args)
     if (overwrite_x and arr is x and arr.dtype == dtype and ops.can_overwrite(arr)

@@ -122,23 +122,28 @@ def check_real_dtype(dtype, name: str, inplace: bool, ops) -> object:
     return ops.promoted_int_dtype()
 
 
-def check_out(out, x, dtype, ops) -> None:
-    """Check a separate ``out`` for the result of transforming ``x``: type, shape, dtype,
-    device, writeable, no elements sharing memory, no overlap with ``x``."""
+def check_out(out, ops, *, shape, dtype, operands, shape_name="the input's shape",
+              result="an in-place transform") -> None:
+    """Check ``out`` for a result of ``shape`` and ``dtype`` computed from ``operands`` (a
+    list of ``(name, array)``): type, shape, dtype, device, writeable, no elements sharing
+    memory, and no partial overlap with an operand (``out`` may be an operand itself)."""
     if not isinstance(out, ops.array_type):
         raise TypeError(f"out must be a {ops.type_name}, got {type(out).__name__}")
-    if tuple(out.shape) != tuple(x.shape):
-        raise ValueError(f"out has shape {tuple(out.shape)}, expected the input's shape "
-                         f"{tuple(x.shape)}")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape_name} "
+                         f"{tuple(shape)}")
     if out.dtype != dtype:
         raise TypeError(f"out has dtype {ops.dtype_name(out.dtype)}, expected "
                         f"{ops.dtype_name(dtype)}")
-    if ops.device(out) != ops.device(x):
-        raise ValueError(f"out is on {ops.device(out)} but x is on {ops.device(x)}")
+    first_name, first = operands[0]
+    if ops.device(out) != ops.device(first):
+        raise ValueError(f"out is on {ops.device(out)} but {first_name} is on "
+                         f"{ops.device(first)}")
     if not ops.writeable(out):
         raise ValueError("out is read-only")
     if ops.self_overlap(out):
         raise ValueError("out has elements sharing memory (a broadcast or expanded view?)")
-    if ops.overlaps(out, x):
-        raise ValueError("out overlaps x partially; pass out=x for an in-place transform "
-                         "or a separate array")
+    for name, t in operands:
+        if ops.overlaps(out, t) and not ops.same_view(out, t):
+            raise ValueError(f"out overlaps {name} partially; pass out={name} itself for "
+                             f"{result}, or a separate array")

@@ -1,4 +1,8 @@
-"""Sphinx configuration for circfft (builds offline, warnings are errors in CI)."""
+"""Sphinx configuration for circfft (builds offline, warnings are errors in CI).
+
+The pages use pydata-sphinx-theme (the theme of numpy, scipy and pandas) and render math with
+a MathJax bundled by ``sphinx-mathjax-offline``, so the built pages need no network either.
+"""
 import os
 import sys
 
@@ -17,16 +21,37 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.doctest",
     "sphinx.ext.mathjax",
+    # Copies a MathJax 3 bundle into _static/mathjax and points mathjax_path at it: math
+    # renders from file:// without a CDN.  (The module name has dashes: it is only ever
+    # loaded by name, as here.)
+    "sphinx-mathjax-offline",
     "numpydoc",
     "matplotlib.sphinxext.plot_directive",
 ]
 
 exclude_patterns = ["_build", "generated/*.rst.txt"]
 templates_path = []
-html_static_path = []
 
-html_theme = "alabaster"
-html_theme_options = {"description": "In-place real FFTs in the packed layout"}
+html_theme = "pydata_sphinx_theme"
+html_title = f"circfft {release}"
+html_theme_options = {
+    # Everything is served from the build directory: no icon links to outside hosts, no
+    # version switcher (which would fetch a JSON file), no analytics.
+    "icon_links": [],
+    "navbar_align": "left",
+    "navigation_with_keys": False,
+    "show_toc_level": 2,
+    "secondary_sidebar_items": ["page-toc"],
+    "footer_start": ["copyright"],
+    "footer_end": [],
+}
+# Every page is a top-level page, so the primary (left) sidebar would stay empty: off, and the
+# article takes its width (_static/circfft.css).
+html_sidebars = {"**": []}
+html_static_path = ["_static"]
+html_css_files = ["circfft.css"]
+html_show_sourcelink = False
+html_copy_source = False
 
 # autodoc / autosummary
 autosummary_generate = True

@@ -1,7 +1,7 @@
 """Per-family array operations (numpy, torch, cupy) through which each routine is written once.
 
 The front ends (:mod:`circfft._transforms`, :mod:`circfft._circulant`) and the generic defaults
-of the backend protocol (:mod:`._generic`) call these instead of a library directly, so one
+of the backend protocol (:mod:`._base`) call these instead of a library directly, so one
 implementation serves numpy arrays, torch tensors and cupy arrays.  A family's library is
 imported only when an array of that family is seen (it is then in ``sys.modules`` already).
 """

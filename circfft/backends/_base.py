@@ -6,7 +6,7 @@ last axis); every other method has a generic default written once over the famil
 operations (:mod:`._array_ops`), which a backend overrides only to be faster or to add
 autograd.  Argument checking, ``norm``, ``out`` semantics and moving ``axis`` last are done once,
 above the backends (:mod:`circfft._transforms`, :mod:`circfft._circulant`).  See the docs'
-backends page for the contract.
+``docs/backends.rst``, "The backend protocol", for the contract.
 """
 from __future__ import annotations
 

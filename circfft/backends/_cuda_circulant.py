@@ -13,8 +13,8 @@ rows ``(t, blocks * b)`` in the compute dtype:
   dimension is the number of tokens.
 
 Nothing here depends on the number of rows, so a forward plus backward issues the same launches
-for 64 tokens as for 8192 (``tests/test_cuda_circulant.py`` counts them through the CPU
-emulation of the kernels).
+for 64 tokens as for 8192 (``tests/test_blockcirculant.py::test_gpu_launches_do_not_grow_with_rows``
+counts them through the CPU emulation of the kernels).
 """
 from __future__ import annotations
 

@@ -191,18 +191,16 @@ def _backward(ctx, gy, gspec):
 
 def register(torch_module) -> None:
     """Register the two operators (called once by the torch backend's ``load``)."""
+    from .torch_backend import define_op
+
     global torch
     torch = torch_module
-    lib = torch.library
-    op = lib.custom_op(
-        "circfft::block_circulant", _forward_impl, mutates_args=(),
-        schema="(Tensor x, Tensor w, Tensor? pre, Tensor? post, bool transpose, "
-               "bool save_input=False) -> (Tensor, Tensor)")
-    op.register_fake(_forward_fake)
-    op.register_autograd(_backward, setup_context=_setup)
-    bop = lib.custom_op(
-        "circfft::block_circulant_backward", _backward_impl, mutates_args=(),
-        schema="(Tensor gy, Tensor spec, Tensor w, Tensor? x, Tensor? pre, Tensor? post, "
-               "bool transpose, bool need_x, bool need_w, bool need_pre, bool need_post, "
-               "bool save_input=False) -> (Tensor, Tensor, Tensor, Tensor)")
-    bop.register_fake(_backward_fake)
+    define_op("circfft::block_circulant", _forward_impl,
+              "(Tensor x, Tensor w, Tensor? pre, Tensor? post, bool transpose, "
+              "bool save_input=False) -> (Tensor, Tensor)",
+              _forward_fake, _backward, _setup)
+    define_op("circfft::block_circulant_backward", _backward_impl,
+              "(Tensor gy, Tensor spec, Tensor w, Tensor? x, Tensor? pre, Tensor? post, "
+              "bool transpose, bool need_x, bool need_w, bool need_pre, bool need_post, "
+              "bool save_input=False) -> (Tensor, Tensor, Tensor, Tensor)",
+              _backward_fake)

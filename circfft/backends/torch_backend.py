@@ -13,7 +13,7 @@ in eager mode, under ``torch.no_grad``/``torch.inference_mode`` and inside
 
 The block-circulant operators are registered by :mod:`._torch_circulant`.
 
-Linear algebra of the transform (``docs/algorithm.rst``).  With ``F`` the unnormalised forward
+Linear algebra of the transform (``docs/operators.rst``, "Gradients without saved buffers").  With ``F`` the unnormalised forward
 transform (the matrix ``R``), ``B = n R^{-1}`` the unnormalised inverse and ``D`` the diagonal
 with 1 at slots 0 and ``n/2`` and 1/2 elsewhere (``R R^T = n D``): ``F^T = B D`` and
 ``B^T = D^{-1} F``.  The op computes ``s F``, ``s D^{-1} F`` (forward, weighted), ``s B`` or
@@ -146,6 +146,17 @@ def _transform_backward(ctx, grad):
     return g, None, None, None, None, None
 
 
+def define_op(qualname: str, impl, schema: str, fake, backward=None, setup_context=None,
+              mutates_args=()):
+    """Register the custom operator ``qualname`` (``torch.library.custom_op``) with its fake
+    (meta) implementation and, when given, its autograd formula."""
+    op = torch.library.custom_op(qualname, impl, mutates_args=mutates_args, schema=schema)
+    op.register_fake(fake)
+    if backward is not None:
+        op.register_autograd(backward, setup_context=setup_context)
+    return op
+
+
 def _register():
     global _ops, _HALF, _InplaceTransform
     if _ops is not None:
@@ -154,18 +165,14 @@ def _register():
         if _ops is not None:
             return
         _HALF = (torch.float16, torch.bfloat16)
-        lib = torch.library
-        t = lib.custom_op(
-            "circfft::transform", _transform_impl, mutates_args=(),
-            schema="(Tensor x, int dim, bool forward, float scale, int workers, "
-                   "bool weighted) -> Tensor")
-        t.register_fake(_transform_fake)
-        t.register_autograd(_transform_backward, setup_context=_transform_setup)
-        ti = lib.custom_op(
-            "circfft::transform_", _transform_inplace_impl, mutates_args=("x",),
-            schema="(Tensor(a!) x, int dim, bool forward, float scale, int workers, "
-                   "bool weighted) -> ()")
-        ti.register_fake(lambda x, dim, forward, scale, workers, weighted: None)
+        define_op("circfft::transform", _transform_impl,
+                  "(Tensor x, int dim, bool forward, float scale, int workers, "
+                  "bool weighted) -> Tensor",
+                  _transform_fake, _transform_backward, _transform_setup)
+        define_op("circfft::transform_", _transform_inplace_impl,
+                  "(Tensor(a!) x, int dim, bool forward, float scale, int workers, "
+                  "bool weighted) -> ()",
+                  lambda x, dim, forward, scale, workers, weighted: None, mutates_args=("x",))
         _InplaceTransform = _make_inplace_function()
         from . import _torch_circulant
 

@@ -31,18 +31,17 @@ backward recomputes its spectrum chunk by chunk.  Temporaries are bounded by the
 from __future__ import annotations
 
 import math
-import threading
 
 import torch
 
 from .._chunking import chunk_ranges
+from ..backends import get_backend
+from ..backends.torch_backend import define_op
 
 __all__ = ["fourierft_plan", "fourierft_apply", "fourierft_delta_weight", "choose_route",
            "DENSE_FLOP_WEIGHT"]
 
 _HALF = (torch.float16, torch.bfloat16)
-_lock = threading.Lock()
-_registered = False
 
 
 def _compute_dtype(*dtypes):
@@ -220,33 +219,15 @@ def fourierft_delta_weight(spectrum, rows, cols, d_out: int, d_in: int, scaling:
     return torch.cat([R, right], dim=1)
 
 
-def _register():
-    global _registered
-    if _registered:
-        return
-    with _lock:
-        if _registered:
-            return
-        from ..backends import get_backend
-
-        get_backend("torch")                               # registers circfft::transform_
-        lib = torch.library
-        op = lib.custom_op(
-            "circfft::fourierft", _fwd_impl, mutates_args=(),
-            schema="(Tensor x, Tensor spectrum, Tensor src, Tensor dst, Tensor kidx, "
-                   "Tensor coef, int d_out, float scale) -> Tensor")
-        op.register_fake(_fwd_fake)
-        op.register_autograd(_backward, setup_context=_setup)
-        bop = lib.custom_op(
-            "circfft::fourierft_backward", _bwd_impl, mutates_args=(),
-            schema="(Tensor gy, Tensor x, Tensor spectrum, Tensor src, Tensor dst, "
-                   "Tensor kidx, Tensor coef, float scale, bool need_x, bool need_f) "
-                   "-> (Tensor, Tensor)")
-        bop.register_fake(_bwd_fake)
-        _registered = True
-
-
-_register()
+# The torch backend, loaded first, registers circfft::transform_ used by the operators.
+get_backend("torch")
+define_op("circfft::fourierft", _fwd_impl,
+          "(Tensor x, Tensor spectrum, Tensor src, Tensor dst, Tensor kidx, Tensor coef, "
+          "int d_out, float scale) -> Tensor", _fwd_fake, _backward, _setup)
+define_op("circfft::fourierft_backward", _bwd_impl,
+          "(Tensor gy, Tensor x, Tensor spectrum, Tensor src, Tensor dst, Tensor kidx, "
+          "Tensor coef, float scale, bool need_x, bool need_f) -> (Tensor, Tensor)",
+          _bwd_fake)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,18 +16,15 @@ activation memory.  CPU temporaries are chunked by :mod:`circfft._chunking`.
 """
 from __future__ import annotations
 
-import threading
-
 import torch
 
 from .._chunking import chunk_ranges, rows_per_chunk
 from .._config import get_config
+from ..backends.torch_backend import define_op
 from ._fourierft import fourierft_delta_weight
 
 __all__ = ["block_circulant_linear", "fourierft_linear", "GATHER_GRAD_RATIO"]
 
-_lock = threading.Lock()
-_registered = False
 
 
 def _ranges(x, width):
@@ -246,30 +243,13 @@ def fourierft_linear(x, weight, bias, spectrum, rows, cols, scaling: float):
 
 def block_circulant_linear(x, weight, bias, w, scale: float):
     """``x (weight + scale C(w))^T + bias`` in one matmul."""
-    _register()
     return torch.ops.circfft.block_circulant_linear(x, weight, bias, w, float(scale))
 
 
-def _register():
-    global _registered
-    if _registered:
-        return
-    with _lock:
-        if _registered:
-            return
-        lib = torch.library
-        bl = lib.custom_op(
-            "circfft::block_circulant_linear", _bc_linear_impl, mutates_args=(),
-            schema="(Tensor x, Tensor weight, Tensor? bias, Tensor w, float scale) -> Tensor")
-        bl.register_fake(_bc_linear_fake)
-        bl.register_autograd(_bc_linear_backward, setup_context=_bc_linear_setup)
-        lop = lib.custom_op(
-            "circfft::fourierft_linear", _linear_train_impl, mutates_args=(),
-            schema="(Tensor x, Tensor weight, Tensor? bias, Tensor spectrum, Tensor rows, "
-                   "Tensor cols, float scaling) -> (Tensor, Tensor)")
-        lop.register_fake(_linear_train_fake)
-        lop.register_autograd(_linear_backward, setup_context=_linear_setup)
-        _registered = True
-
-
-_register()
+define_op("circfft::block_circulant_linear", _bc_linear_impl,
+          "(Tensor x, Tensor weight, Tensor? bias, Tensor w, float scale) -> Tensor",
+          _bc_linear_fake, _bc_linear_backward, _bc_linear_setup)
+define_op("circfft::fourierft_linear", _linear_train_impl,
+          "(Tensor x, Tensor weight, Tensor? bias, Tensor spectrum, Tensor rows, Tensor cols, "
+          "float scaling) -> (Tensor, Tensor)",
+          _linear_train_fake, _linear_backward, _linear_setup)

@@ -210,7 +210,7 @@ class CirculantConfig(AdapterConfig):
 
 @dataclass
 class CirculantDiagonalConfig(AdapterConfig):
-    """Circulant-diagonal adapter: ``dW = D_0 C_1 D_1 C_2 ... C_m D_m`` (docs/operators.rst, CDVFT).
+    """Circulant-diagonal adapter: ``dW = D_0 C_1 D_1 C_2 ... C_m D_m`` (``docs/operators.rst``, "Circulant-diagonal products").
 
     Parameters
     ----------

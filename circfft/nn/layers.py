@@ -33,7 +33,7 @@ Conventions settled here:
   ``grad x`` and gets the kernel / spectrum gradient from the spectra of ``x`` and ``grad y``
   without forming ``grad y^T x``.  It saves ``x``, the frozen weight and the adapter tensors
   only.  "auto" takes it wherever it applies, on every device (the rule and its measurements
-  are in the fine-tuning guide); half precision, several pending adapters, hooked or sharded
+  are in ``docs/finetuning.rst``, "Memory and speed"); half precision, several pending adapters, hooked or sharded
   base layers take the separate route (base layer plus the structured update above).
 - **Scale** (`CirculantAdapter`): the update is ``scale * C(circ_kernel) x`` with ``scale`` =
   ``1/in_features`` ("fan_in", PEFT C3A's; the C3A kernel ``k`` maps to
@@ -184,7 +184,7 @@ def default_block_size(in_features: int, out_features: int) -> int:
 
 
 class CirculantDiagonalAdapter(AdapterLayer):
-    """Circulant-diagonal update ``dW = D_0 C_1 D_1 C_2 ... C_m D_m`` (docs/operators.rst, CDVFT).
+    """Circulant-diagonal update ``dW = D_0 C_1 D_1 C_2 ... C_m D_m`` (``docs/operators.rst``, "Circulant-diagonal products").
 
     Parameters
     ----------
