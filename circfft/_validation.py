@@ -97,7 +97,6 @@ def check_real_dtype(dtype, name: str, inplace: bool, ops) -> object:
     """
     kind = ops.dtype_kind(dtype)
     dname = ops.dtype_name(dtype)
-    allowed = dtype_list(ops.kept_dtypes)
     if kind == "f" and dname in ops.kept_dtypes:
         if ops.family == "numpy" and not np.dtype(dtype).isnative:
             if inplace:
@@ -105,6 +104,7 @@ def check_real_dtype(dtype, name: str, inplace: bool, ops) -> object:
                                 f"place, got {np.dtype(dtype).str}")
             return np.dtype(dtype).newbyteorder("=")
         return dtype
+    allowed = dtype_list(ops.kept_dtypes)
     if kind == "c":
         raise TypeError(f"{name} must be real ({allowed}, or integers); got complex dtype "
                         f"{dname}: rdfft works on real data (see circfft.from_rfft for "

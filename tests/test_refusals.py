@@ -225,3 +225,18 @@ def test_peft_config_field_of_the_wrong_type(tmp_path, field, value):
     with pytest.raises(ValueError, match=f"field '{field}'"):
         cnn.load_adapter(model, path)
     assert _same(model, state)
+
+
+def test_inplace_transform_bumps_the_version_counter():
+    """An in-place transform of a tensor that autograd saved for another operation must make
+    that backward raise, as any in-place torch operation does (never a silently wrong
+    gradient)."""
+    torch = require("torch")
+    w = torch.randn(8, requires_grad=True)
+    x = torch.randn(8)
+    y = (w * x).sum()                       # saves x for backward
+    v0 = x._version
+    circfft.rdfft(x, out=x)
+    assert x._version > v0
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()

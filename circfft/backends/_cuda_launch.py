@@ -20,6 +20,7 @@ computed in float32.
 """
 from __future__ import annotations
 
+import math
 import threading
 from typing import NamedTuple
 
@@ -73,6 +74,43 @@ class KernelSet:
     def work(self, elements: int, compute_name: str, like):
         """A work buffer of ``elements`` compute-type values; returns ``(address, owner)``."""
         raise NotImplementedError
+
+    def geometry(self, n: int, name: str) -> "_Geometry":
+        """The launch constants of length ``n`` and storage dtype ``name`` (cached: the hot
+        path does one dictionary look-up)."""
+        cache = self.__dict__.setdefault("_geometry", {})
+        g = cache.get((n, name))
+        if g is None:
+            g = cache[(n, name)] = _Geometry.build(self, n, name)
+        return g
+
+
+class _Geometry(NamedTuple):
+    """Launch constants of one (length, storage dtype) on one device."""
+
+    log2n: np.int32
+    onepass: bool
+    threads: int          # per row (one-pass kernel)
+    per_row: int          # shared-memory bytes per row
+    rows_max: int         # rows per block at most
+    tw: int               # twiddle table address
+    bits: np.int32
+    scalar: type          # compute scalar type
+    compute: str
+
+    @classmethod
+    def build(cls, ks, n, name):
+        if name not in STORAGE_TYPES:
+            raise TypeError(f"the CUDA kernels take {', '.join(STORAGE_TYPES)} data, got "
+                            f"{name}")
+        log2n = n.bit_length() - 1
+        cd = _COMPUTE[name]
+        m = n // 2
+        per_row = 2 * padded_size(m) * np.dtype(cd).itemsize
+        T = min(256, max(1, m // 8))     # __launch_bounds__(256, 3) in rdfft.cu
+        rows_max = max(1, min(256 // T, ks.limits()["smem_optin"] // per_row))
+        return cls(np.int32(log2n), log2n <= max_onepass_log2n(ks, cd), T, per_row, rows_max,
+                   ks.twiddles(n, cd), np.int32(twiddle_bits(n)), _SCALAR[cd], cd)
 
 
 class _Stream(NamedTuple):
@@ -224,7 +262,7 @@ def row_views(ptr: int, shape, strides, itemsize: int):
         return
     lead = [(s, st) for s, st in zip(shape[:-1], strides[:-1]) if s != 1]
     if all(lead[i][1] == lead[i + 1][1] * lead[i + 1][0] for i in range(len(lead) - 1)):
-        rows = int(np.prod(shape[:-1], dtype=np.int64))
+        rows = math.prod(shape[:-1])
         yield ptr, rows, (lead[-1][1] // itemsize if lead else 0), es
         return
     for i in range(shape[0]):
@@ -262,30 +300,21 @@ def transform_rows(ks: KernelSet, ptr: int, rows: int, n: int, rs: int, es: int,
     an array of the family, for the work buffer of long rows."""
     if rows == 0:
         return
-    if name not in STORAGE_TYPES:
-        raise TypeError(f"the CUDA kernels take {', '.join(STORAGE_TYPES)} data, got {name}")
-    log2n = n.bit_length() - 1
-    cd = _COMPUTE[name]
-    C = _SCALAR[cd]
-    tw = ks.twiddles(n, cd)
-    bits = np.int32(twiddle_bits(n))
-    limits = ks.limits()
-    if log2n <= max_onepass_log2n(ks, cd):
-        m = n // 2
-        per_row = 2 * padded_size(m) * np.dtype(cd).itemsize
-        T = min(256, max(1, m // 8))     # __launch_bounds__(256, 3) in rdfft.cu
-        rpb = max(1, min(256 // T, limits["smem_optin"] // per_row, rows))
-        blocks = int(min(-(-rows // rpb), limits["sm_count"] * 32))
+    g = ks.geometry(n, name)
+    if g.onepass:
+        rpb = min(g.rows_max, rows)
+        blocks = min(-(-rows // rpb), ks.limits()["sm_count"] * 32)
         ks.kernel("rdfft_rows", name)(
-            (blocks,), (T, rpb), (ptr, np.int64(rows), np.int64(rs), np.int64(es),
-                                  np.int32(log2n), tw, bits, C(scale), np.int32(not forward)),
-            shared_mem=rpb * per_row)
+            (blocks,), (g.threads, rpb), (ptr, np.int64(rows), np.int64(rs), np.int64(es),
+                                          g.log2n, g.tw, g.bits, g.scalar(scale),
+                                          np.int32(not forward)),
+            shared_mem=rpb * g.per_row)
         return
     chunk = max(1, ks.work_elements // n)
-    work, owner = ks.work(min(chunk, rows) * n, cd, like)
+    work, owner = ks.work(min(chunk, rows) * n, g.compute, like)
     for r0 in range(0, rows, chunk):
-        _multipass(ks, ptr + r0 * rs * itemsize, min(chunk, rows - r0), rs, es, work, log2n,
-                   name, cd, tw, bits, forward, scale)
+        _multipass(ks, ptr + r0 * rs * itemsize, min(chunk, rows - r0), rs, es, work,
+                   int(g.log2n), name, g.compute, g.tw, g.bits, forward, scale)
     del owner                       # the work buffer lives until every pass is queued
 
 
