@@ -5,7 +5,8 @@ and cached.  Tables are computed in float64 a chunk at a time and rounded once t
 dtype, which keeps float32 twiddles accurate to half an ulp without full-size float64
 temporaries.  The cache is bounded (see :func:`get_plan` and ``docs/algorithm.rst``,
 "Memory"): plans up to ``PLAN_CACHE_BYTES`` in all, plus the most recent larger plan, which
-:func:`release_plans` (and ``numba_backend.release_scratch``) frees.
+:func:`release_plans` (and ``numba_backend.release_scratch``) frees.  The numba backend's
+long rows also use :class:`LaneTwiddles`, cached the same way.
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Plan", "get_plan", "is_power_of_two", "plan_bytes", "release_plans",
-           "PLAN_CACHE_BYTES"]
+__all__ = ["Plan", "LaneTwiddles", "get_plan", "get_lane_twiddles", "is_power_of_two",
+           "plan_bytes", "release_plans", "PLAN_CACHE_BYTES"]
 
 #: Plans are kept, least recently used first out, up to this many bytes of tables in all.
 PLAN_CACHE_BYTES = 32 << 20
@@ -84,9 +85,82 @@ def _build(n: int, dtype: np.dtype) -> Plan:
     return Plan(n, tw, rev)
 
 
+class LaneTwiddles(NamedTuple):
+    """Twiddles ``W_n^(j k)`` for ``j < lanes``, ``k < n / lanes``, as two small tables whose
+    product gives each one (the numba backend's rows longer than ``2**16``, which combine
+    the spectra of their ``lanes`` decimated sub-sequences).
+
+    ``W_n^(j k) = A[k % R][j] * B[k // R][j]`` (complex product), ``R`` a power of two near
+    ``sqrt(n / lanes)``; row ``r`` of a table holds the ``lanes`` real parts, then the
+    ``lanes`` imaginary parts (float64 angles of exactly reduced exponents, rounded once to
+    the dtype).  Each product is within a few ulp of ``W_n^(jk)`` (``tests/
+    test_numba_kernels.py`` bounds it): far inside the transform's error.  The tables hold
+    ``(R + n / (lanes R)) * 2 lanes`` values, about ``4 sqrt(n lanes)``.
+    """
+
+    n: int
+    lanes: int
+    R: int
+    A: np.ndarray
+    B: np.ndarray
+
+
+def lane_twiddle_bytes(n: int, lanes: int, dtype) -> int:
+    """Bytes of the tables of :func:`get_lane_twiddles`."""
+    sub = n // lanes
+    R = _lane_split(sub)
+    return (R + sub // R) * 2 * lanes * np.dtype(dtype).itemsize
+
+
+def _lane_split(sub: int) -> int:
+    return 1 << ((sub.bit_length() - 1 + 1) // 2)
+
+
+def _build_lane_twiddles(n: int, lanes: int, dtype: np.dtype) -> LaneTwiddles:
+    sub = n // lanes
+    R = _lane_split(sub)
+    j = np.arange(lanes, dtype=np.int64)
+
+    def table(rows, step):
+        k = (np.arange(rows, dtype=np.int64)[:, None] * step * j[None, :]) % n
+        angle = (2.0 * np.pi / n) * k
+        out = np.empty((rows, 2 * lanes), dtype=dtype)
+        out[:, :lanes] = np.cos(angle)
+        out[:, lanes:] = -np.sin(angle)
+        out = out.reshape(-1)
+        out.flags.writeable = False
+        return out
+
+    return LaneTwiddles(n, lanes, R, table(R, 1), table(sub // R, R))
+
+
 _lock = threading.Lock()
-_small: OrderedDict = OrderedDict()     # (n, dtype) -> Plan, within PLAN_CACHE_BYTES
-_large: dict = {}                       # at most one plan larger than the budget
+_cache: OrderedDict = OrderedDict()     # key -> (tables, bytes), within PLAN_CACHE_BYTES
+_large: dict = {}                       # at most one entry larger than the budget
+
+
+def _cached(key, size: int, build):
+    """The cached tables under ``key`` (``size`` bytes), built by ``build()`` when missing:
+    least recently used out first beyond ``PLAN_CACHE_BYTES``, and one larger entry kept
+    alone until the next such entry."""
+    with _lock:
+        hit = _cache.get(key) or _large.get(key)
+        if hit is not None:
+            if key in _cache:
+                _cache.move_to_end(key)
+            return hit[0]
+    tables = build()
+    with _lock:
+        if size > PLAN_CACHE_BYTES:
+            _large.clear()
+            _large[key] = (tables, size)
+        else:
+            _cache[key] = (tables, size)
+            total = sum(v[1] for v in _cache.values())
+            while total > PLAN_CACHE_BYTES:
+                _, (_, old) = _cache.popitem(last=False)
+                total -= old
+    return tables
 
 
 def get_plan(n: int, dtype) -> Plan:
@@ -98,30 +172,22 @@ def get_plan(n: int, dtype) -> Plan:
     """
     if not (n >= 2 and is_power_of_two(n)):
         raise ValueError(f"plans exist for power-of-two n >= 2, got n={n}")
-    key = (n, np.dtype(dtype))
-    with _lock:
-        plan = _small.get(key) or _large.get(key)
-        if plan is not None:
-            if key in _small:
-                _small.move_to_end(key)
-            return plan
-    plan = _build(n, key[1])
-    size = plan_bytes(n, key[1])
-    with _lock:
-        if size > PLAN_CACHE_BYTES:
-            _large.clear()
-            _large[key] = plan
-        else:
-            _small[key] = plan
-            total = sum(plan_bytes(k[0], k[1]) for k in _small)
-            while total > PLAN_CACHE_BYTES:
-                (kn, kd), _ = _small.popitem(last=False)
-                total -= plan_bytes(kn, kd)
-    return plan
+    dtype = np.dtype(dtype)
+    return _cached(("plan", n, dtype), plan_bytes(n, dtype), lambda: _build(n, dtype))
+
+
+def get_lane_twiddles(n: int, lanes: int, dtype) -> LaneTwiddles:
+    """The cached :class:`LaneTwiddles` of power-of-two ``n`` and ``lanes`` (same cache and
+    budget as the plans)."""
+    if not (is_power_of_two(n) and is_power_of_two(lanes) and n >= 4 * lanes):
+        raise ValueError(f"lane twiddles need powers of two n >= 4 lanes, got {n}, {lanes}")
+    dtype = np.dtype(dtype)
+    return _cached(("lanes", n, lanes, dtype), lane_twiddle_bytes(n, lanes, dtype),
+                   lambda: _build_lane_twiddles(n, lanes, dtype))
 
 
 def release_plans() -> None:
     """Free every cached plan (they are rebuilt on the next call that needs them)."""
     with _lock:
-        _small.clear()
+        _cache.clear()
         _large.clear()

@@ -1,631 +1,315 @@
-"""Numba kernels of the CPU backend (imported only when the numba backend is used).
+"""Numba kernels of the CPU backend for rows of up to ``MAX_LANED_N`` elements, V rows at a time.
 
-See :mod:`circfft.backends.numba_backend` for the design.  These details matter for speed:
+See :mod:`circfft.backends.numba_backend` for the design.  A block of ``V`` rows (one lane
+vector of ``LANE_BYTES``: 16 float32 or 8 float64 rows) lives in one scratch buffer of ``n``
+lane vectors, row ``v`` in lane ``v``; complex slot ``p`` (lane vectors ``2p`` and
+``2p + 1``) holds ``x[2p] + i x[2p+1]`` of every row.  Forward, per block:
 
-* The complex FFT is the constant-geometry (Pease) form of the radix-2 decimation-in-frequency
-  FFT, radix-4 stages fused: every stage reads the four quarters of one buffer and writes each
-  butterfly's four results next to each other in the other buffer.  Stores at fixed distances
-  into a buffer that cannot alias the one being read let LLVM vectorise the lane loop with no
-  runtime alias checks (an in-place stage, whose four regions lie a run-time distance apart,
-  ran 4-8x slower).  After all stages buffer slot ``i`` holds ``Z[bitrev(i)]``, exactly as
-  for the in-place algorithm of the numpy reference.
-* The inverse uses the same engine: ``IDFT(Z) = conj(DFT(conj(Z)))``.
+1. ``load_rows``: V x V register transposes of the rows into the scratch;
+2. the complex FFT of length ``m = n/2``, in place, bit-reversed out (:mod:`._numba_fft`);
+3. ``split_inplace``: the half spectrum ``Y`` of the real rows, each ``Y_j`` written over the
+   ``Z_j`` it came from;
+4. ``store_gathered``: V halfcomplex columns at a time, their lane vectors gathered from
+   where step 3 left them (a table of byte offsets made once per call) and transposed into
+   the rows.
 
-* The lane count ``V`` reaches the drivers as the length of a tuple argument
-  (``lanes = (0,) * V``).  A tuple's length is part of its numba type, so each lane count is
-  compiled once with ``V`` a compile-time constant, cached on disk, and dispatched at the cost
-  of an ordinary call (``numba.literally`` would re-type the huge function on every call).
-* Every index in a hot loop is ``uint64``: numba wraps negative *signed* indices around, and
-  that per-access select stops LLVM from vectorising the lane loops.
-* Every loop that LLVM should vectorise stores to one contiguous region per iteration: the
-  split writing its four lane vectors k, n-k, m-k, m+k straight into halfcomplex order was not
-  vectorised (and made the forward transform no faster), so it writes one group per k and the
-  store puts the groups in order.
-* Rows <-> lane vectors go through ``transpose_tile``, an intrinsic that transposes 8x8
-  float32 (4x4 float64) tiles in registers with generic LLVM shuffles; scalar transposes cost
-  0.4-1.0 ns per element, more than the whole FFT.  The tiles walk 8 rows at a time along the
-  whole row (one quarter of the columns at a time for the groups): walking 16 rows, or four
-  quarters, together thrashes L1 when rows are a multiple of 4 KiB apart.  Fusing the
-  transpose-in with the first radix-4 stage (four quarters of the rows at once) was slower.
-* When log2 m is odd the last, twiddle-free, radix-2 stage is not a pass of its own: the split
-  (forward) and the unscramble (inverse) apply it while reading.
+Inverse: ``load_scattered`` (each column's lane vector put where ``merge_inplace`` wants it),
+``merge_inplace`` (``conj(2Z)``, natural order, in place), the same FFT
+(``IDFT(Z) = conj(DFT(conj(Z)))``), ``store_gathered`` from the bit-reversed slots with the
+conjugation and the scale folded into the transposes.  One scratch buffer per worker is
+touched (the second, of the same size, holds the two offset tables): at n = 16384 this
+in-place pipeline took 0.89 against 1.25 ns per element (float32) for the earlier one through
+two buffers, 10-20 % less from n = 256 to 4096, the same at n = 64, and up to 8 % more for
+the float64 forward transform at n >= 32768, where the gathers read from L3.
+
+These details matter for speed:
+
+* Explicit lane vectors (:mod:`._numba_simd`): every loop body is whole-vector code.
+* Tiles of the rows start at 64-byte boundaries where the rows allow it (``aligned_tiles``):
+  numpy arrays are usually only 16-byte aligned, and a store that straddles two cache lines
+  costs about two (0.35 against 0.20 ns per element for the stores, float32).
+* The rows are passed as an address and byte strides, not as an array: an array's layout
+  (C-contiguous or not) is part of its numba type, and each would be a compilation of its
+  own.  The entry points are one compilation per dtype and direction, cached on disk; their
+  helpers take ``detach``-ed arrays (no reference counting: with two workers the atomic
+  counts of shared tables are one cache line written by both).
+* ``split_inplace`` walks k in the order of its slot (even p = bitrev(k) ascending): the
+  pair (k, m - k) sits in one run read forwards and one read backwards, so nothing jumps;
+  the jumps are left to the gathers of step 4, which prefetch their next tile.
 """
-from numba import njit, prange
-from numba import types
-from numba import uint64 as u64
-from numba.extending import intrinsic
-from llvmlite import ir
+import numpy as np
+from numba import njit
 
-_JIT = dict(fastmath={"contract"}, error_model="numpy", boundscheck=False)
-_INLINE = dict(_JIT, inline="always")
+from ._numba_fft import fft_inplace
+from ._numba_simd import (LANE_BYTES, alternate, at, detach, lane_count, peek, poke,
+                          prefetch_rows, transpose_gather, transpose_lanes, transpose_scatter,
+                          vload, vload_at, vstore, vstore_at)
 
+__all__ = ["forward_rows", "inverse_rows", "LANE_BYTES"]
 
-#: shufflevector masks of an 8x8 float32 and a 4x4 float64 register transpose (the classic
-#: unpack / shuffle / 128-bit permute sequence, written as generic LLVM shuffles so that any
-#: target gets correct code and AVX targets get the three-stage in-register transpose).
-_T8 = (((0, 8, 1, 9, 4, 12, 5, 13), (2, 10, 3, 11, 6, 14, 7, 15)),
-       ((0, 1, 8, 9, 4, 5, 12, 13), (2, 3, 10, 11, 6, 7, 14, 15)),
-       ((0, 1, 2, 3, 8, 9, 10, 11), (4, 5, 6, 7, 12, 13, 14, 15)))
-_T4 = (((0, 4, 2, 6), (1, 5, 3, 7)),
-       ((0, 1, 4, 5), (2, 3, 6, 7)))
+_JIT = dict(fastmath={"contract"}, error_model="numpy", boundscheck=False, nogil=True)
+_ENTRY = dict(_JIT, cache=True)
 
 
-@intrinsic
-def transpose_tile(typingctx, src, s_first, s_off, s_step, dst, d_first, d_off, d_step):
-    """Transpose one B x B tile (B = 32 bytes of elements: 8 float32 or 4 float64):
-    element j of the i-th source row (B contiguous elements at byte ``s_off + i*s_step`` of
-    ``src``'s data, ``s_first`` for i = 0) goes to element i of the j-th destination row
-    (byte ``d_off + j*d_step``, ``d_first`` for j = 0).  Offsets and steps are in bytes and
-    may be negative; rows need no alignment."""
-    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
-            and src.dtype == dst.dtype and src.dtype in (types.float32, types.float64)):
-        return None
-    sig = types.void(src, types.intp, types.intp, types.intp,
-                     dst, types.intp, types.intp, types.intp)
-
-    def codegen(context, builder, signature, args):
-        sa, sf, so, ss, da, df, do, ds = args
-        elt = context.get_data_type(src.dtype)
-        size = context.get_abi_sizeof(elt)
-        B = 32 // size
-        vty = ir.VectorType(elt, B)
-        i8p = ir.IntType(8).as_pointer()
-        sbase = builder.bitcast(context.make_array(src)(context, builder, sa).data, i8p)
-        dbase = builder.bitcast(context.make_array(dst)(context, builder, da).data, i8p)
-
-        def row_ptr(base, first, off, step, i):
-            o = first if i == 0 else builder.add(off, builder.mul(step, ir.Constant(off.type, i)))
-            return builder.bitcast(builder.gep(base, [o]), vty.as_pointer())
-
-        r = [builder.load(row_ptr(sbase, sf, so, ss, i), align=size) for i in range(B)]
-
-        def sh(a, b, mask):
-            return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), B),
-                                                            list(mask)))
-        if B == 8:
-            (lo, hi), (s44, see), (p20, p31) = _T8
-            t = []
-            for i in (0, 2, 4, 6):
-                t += [sh(r[i], r[i + 1], lo), sh(r[i], r[i + 1], hi)]
-            s = []
-            for i in (0, 1, 4, 5):
-                s += [sh(t[i], t[i + 2], s44), sh(t[i], t[i + 2], see)]
-            c = [sh(s[i], s[i + 4], p20) for i in range(4)]
-            c += [sh(s[i], s[i + 4], p31) for i in range(4)]
-        else:
-            (lo, hi), (q20, q31) = _T4
-            t = [sh(r[0], r[1], lo), sh(r[0], r[1], hi), sh(r[2], r[3], lo), sh(r[2], r[3], hi)]
-            c = [sh(t[0], t[2], q20), sh(t[1], t[3], q20),
-                 sh(t[0], t[2], q31), sh(t[1], t[3], q31)]
-        for j in range(B):
-            builder.store(c[j], row_ptr(dbase, df, do, ds, j), align=size)
-        return context.get_dummy_value()
-
-    return sig, codegen
+@njit(**_JIT)
+def aligned_tiles(addr, s0, n, isz, V):
+    """Where the V-column tiles of rows at ``addr`` (``s0`` bytes apart, ``n`` columns of
+    ``isz`` bytes, unit stride) start on 64-byte boundaries: returns (d, k0, k1), tiles at
+    columns k0, k0 + V, ... < k1.  d = 0: tiles at every multiple of V (aligned, or alignment
+    cannot be had because the rows are not a multiple of 64 bytes apart or are short);
+    otherwise columns [0, d) and [k1, n) are left to two unaligned tiles at 0 and n - V."""
+    off = addr % 64
+    if off == 0 or s0 % 64 != 0 or off % isz != 0 or n < 2 * V:
+        return 0, 0, n
+    d = (64 - off) // isz
+    return d, d, d + n - V
 
 
-@njit(**_INLINE)
-def slot(p, m, paired):
-    """Where complex slot p lives: itself, or (``paired``) the layout written by
-    ``merge_spectrum``: 0 -> 0, m/2 -> 1, k -> 2k and m-k -> 2k+1 for 0 < k < m/2."""
-    if not paired:
-        return p
-    if p == 0:
-        return 0
-    h = m // 2
-    if p < h:
-        return 2 * p
-    if p == h:
-        return 1
-    return 2 * (m - p) + 1
+@njit(**_JIT)
+def load_rows(addr, nv, n, s0, s1, a):
+    """a[k*V + v] = row v, column k, for the ``nv <= V`` rows at byte ``addr`` (row stride
+    ``s0``, column stride ``s1`` bytes); lanes beyond the last row repeat it (finite, and
+    never stored)."""
+    V = lane_count(a)
+    isz = a.itemsize
+    if s1 == isz and n >= V:
+        d, k0, k1 = aligned_tiles(addr, s0, n, isz, V)
+        for k in range(k0, k1, V):
+            transpose_lanes(addr, k * isz, s0, nv, a, k * V * isz, V * isz, V)
+        if d != 0:                  # the columns before and after the aligned tiles
+            for k in (0, n - V):
+                transpose_lanes(addr, k * isz, s0, nv, a, k * V * isz, V * isz, V)
+    elif s0 == isz and nv == V:     # rows side by side: lane vectors already
+        for k in range(n):
+            vstore(a, k * V, vload_at(addr + k * s1, a))
+    else:
+        for k in range(n):
+            for v in range(V):
+                a[k * V + v] = peek(addr + min(v, nv - 1) * s0 + k * s1, a)
 
 
-@njit(**_INLINE)
-def cg_radix4(src, dst, m, s, tw, V, paired):
-    """Radix-2 DIF stages s and s+1 fused, constant geometry, on V lanes.
-
-    Butterfly t (0 <= t < m/4) reads src slots t + k*m/4 and writes dst slots 4t + k with
-    twiddle W_m^e, e = t with its low s bits cleared (the same butterfly as the in-place
-    radix-4 stage).  Slot p occupies floats [2pV, 2pV + 2V): V real parts, then V imaginary.
-    """
-    Vu = u64(V)
-    mask = ~u64((1 << s) - 1)
-    q = m // 4
-    for tt in range(m // 4):
-        t = u64(tt)
-        k1 = u64(4) * (t & mask)        # float index of W_n^(2e) = W_m^e
-        w1r = tw[k1]
-        w1i = tw[k1 + u64(1)]
-        w2r = tw[u64(2) * k1]
-        w2i = tw[u64(2) * k1 + u64(1)]
-        w3r = tw[u64(3) * k1]
-        w3i = tw[u64(3) * k1 + u64(1)]
-        p0 = u64(2 * slot(tt, m, paired)) * Vu
-        p1 = u64(2 * slot(tt + q, m, paired)) * Vu
-        p2 = u64(2 * slot(tt + 2 * q, m, paired)) * Vu
-        p3 = u64(2 * slot(tt + 3 * q, m, paired)) * Vu
-        o = u64(8) * t * Vu
-        for vv in range(V):
-            v = u64(vv)
-            a0r = src[p0 + v]
-            a0i = src[p0 + Vu + v]
-            a1r = src[p1 + v]
-            a1i = src[p1 + Vu + v]
-            a2r = src[p2 + v]
-            a2i = src[p2 + Vu + v]
-            a3r = src[p3 + v]
-            a3i = src[p3 + Vu + v]
-            sr = a0r + a2r
-            si = a0i + a2i
-            dr = a0r - a2r
-            di = a0i - a2i
-            tr = a1r + a3r
-            ti = a1i + a3i
-            er = a1r - a3r
-            ei = a1i - a3i
-            dst[o + v] = sr + tr
-            dst[o + Vu + v] = si + ti
-            ur = sr - tr                # (a0 - a1 + a2 - a3) W^2e
-            ui = si - ti
-            dst[o + u64(2) * Vu + v] = ur * w2r - ui * w2i
-            dst[o + u64(3) * Vu + v] = ur * w2i + ui * w2r
-            ur = dr + ei                # ((a0 - a2) - i (a1 - a3)) W^e
-            ui = di - er
-            dst[o + u64(4) * Vu + v] = ur * w1r - ui * w1i
-            dst[o + u64(5) * Vu + v] = ur * w1i + ui * w1r
-            ur = dr - ei                # ((a0 - a2) + i (a1 - a3)) W^3e
-            ui = di + er
-            dst[o + u64(6) * Vu + v] = ur * w3r - ui * w3i
-            dst[o + u64(7) * Vu + v] = ur * w3i + ui * w3r
-
-
-@njit(**_INLINE)
-def cg_radix2(src, dst, m, V, paired):
-    """Last radix-2 DIF stage (when log2 m is odd): its twiddles are all 1."""
-    Vu = u64(V)
-    for tt in range(m // 2):
-        t = u64(tt)
-        p0 = u64(2 * slot(tt, m, paired)) * Vu
-        p1 = u64(2 * slot(tt + m // 2, m, paired)) * Vu
-        o = u64(4) * t * Vu
-        for vv in range(V):
-            v = u64(vv)
-            ar = src[p0 + v]
-            ai = src[p0 + Vu + v]
-            br = src[p1 + v]
-            bi = src[p1 + Vu + v]
-            dst[o + v] = ar + br
-            dst[o + Vu + v] = ai + bi
-            dst[o + u64(2) * Vu + v] = ar - br
-            dst[o + u64(3) * Vu + v] = ai - bi
-
-
-@njit(**_INLINE)
-def log2(m):
-    L = 0
-    while (1 << L) < m:
-        L += 1
-    return L
-
-
-@njit(**_INLINE)
-def last_stage_pending(m):
-    """True when ``fft_dif`` leaves its last (radix-2, twiddle-free) stage to its consumer:
-    log2 m odd and at least 3.  ``split_spectrum`` and ``unscramble`` then apply it while
-    reading, which saves a whole pass over the scratch."""
-    L = log2(m)
-    return L >= 3 and L % 2 == 1
-
-
-@njit(**_INLINE)
-def fft_dif(a, b, m, tw, V, paired):
-    """Complex FFT of length m on V lanes, input in ``a`` (natural order, or the ``paired``
-    layout of ``merge_spectrum``).  Returns True when the result ends in ``a``, False when in
-    ``b``: Z in bit-reversed order, or (``last_stage_pending(m)``) the input of the last
-    radix-2 stage: then slot ``i`` of Z's bit-reversed order is the sum (``i`` even) or the
-    difference (``i`` odd) of slots ``i // 2`` and ``i // 2 + m/2``."""
-    L = log2(m)
-    # Explicit a->b and b->a call sites: swapping two variables would make both of them
-    # phi nodes of (a, b), and LLVM could no longer prove that source and destination differ.
-    # The first stage reads the input layout; later ones read their predecessor's output.
-    if L == 0:
-        return True
-    if L == 1:
-        cg_radix2(a, b, m, V, paired)
-        return False
-    cg_radix4(a, b, m, 0, tw, V, paired)
-    in_a = False
-    s = 2
-    while s + 1 < L:
-        if in_a:
-            cg_radix4(a, b, m, s, tw, V, False)
-        else:
-            cg_radix4(b, a, m, s, tw, V, False)
-        in_a = not in_a
-        s += 2
-    if s < L and not last_stage_pending(m):
-        if in_a:
-            cg_radix2(a, b, m, V, False)
-        else:
-            cg_radix2(b, a, m, V, False)
-        in_a = not in_a
-    return in_a
-
-
-#: Columns per tile of the row <-> scratch transposes (a tile of V rows stays in L1).
-TILE_BYTES = 8192
-
-
-@njit(**_INLINE)
-def load_rows(x, r0, nv, a, V):
-    """a[k*V + v] = x[r0+v, k]: rows into lane vectors.  Full blocks of rows with unit column
-    stride go through ``transpose_tile``, 8 (float64: 4) rows at a time, each read
-    sequentially; otherwise a scalar copy tiled so that the scratch tile being filled stays in
-    L1 (rows a multiple of 4 KiB apart share L1 sets), with the lanes beyond the last row
-    zeroed."""
-    n = x.shape[1]
-    isz = x.itemsize
-    B = V // 2
-    if V > 1 and nv == V and n >= B and x.strides[1] == isz:
-        s0 = x.strides[0]
-        for h in range(2):
-            for k0 in range(0, n, B):
-                so = (r0 + h * B) * s0 + k0 * isz
-                do = (k0 * V + h * B) * isz
-                transpose_tile(x, so, so, s0, a, do, do, V * isz)
-        return
-    Vu = u64(V)
-    tk = max(1, TILE_BYTES // (V * isz))
-    for k0 in range(0, n, tk):
-        k1 = min(n, k0 + tk)
-        for vv in range(nv):
-            r = u64(r0 + vv)
-            for kk in range(k0, k1):
-                a[u64(kk) * Vu + u64(vv)] = x[r, u64(kk)]
-        for vv in range(nv, V):         # lanes beyond the last row: keep them finite
-            for kk in range(k0, k1):
-                a[u64(kk) * Vu + u64(vv)] = 0.0
-
-
-@njit(**_INLINE)
-def store_rows(x, r0, nv, a, V):
-    """x[r0+v, k] = a[k*V + v]: the transpose of ``load_rows`` (the inverse's output)."""
-    n = x.shape[1]
-    isz = x.itemsize
-    B = V // 2
-    if V > 1 and nv == V and n >= B and x.strides[1] == isz:
-        s0 = x.strides[0]
-        for h in range(2):
-            for k0 in range(0, n, B):
-                so = (k0 * V + h * B) * isz
-                do = (r0 + h * B) * s0 + k0 * isz
-                transpose_tile(a, so, so, V * isz, x, do, do, s0)
-        return
-    Vu = u64(V)
-    tk = max(1, TILE_BYTES // (V * isz))
-    for k0 in range(0, n, tk):
-        k1 = min(n, k0 + tk)
-        for vv in range(nv):
-            r = u64(r0 + vv)
-            for kk in range(k0, k1):
-                x[r, u64(kk)] = a[u64(kk) * Vu + u64(vv)]
-
-
-@njit(**_INLINE)
-def group_slot(c, n):
-    """Lane vector of ``split_spectrum``'s groups that holds halfcomplex column c: group k
-    holds Re Y_k, Im Y_k, Re Y_{m-k}, Im Y_{m-k} (columns k, n-k, m-k, m+k); group 0 holds
-    columns 0, m, m/2, n - m/2."""
+@njit(**_JIT)
+def split_inplace(z, n, tw, rev):
+    """Z (bit-reversed, in z) -> the half spectrum Y of the real rows (unscaled), in place:
+    Y_k = E_k + W_n^k O_k, 2E_k = Z_k + conj(Z_{m-k}), 2i O_k = Z_k - conj(Z_{m-k}).
+    Slot bitrev(j) of z, which held Z_j, receives
+    (Re Y_j, Im Y_j) for 0 < j < m, and slot 0 (Y_0, Y_m).  Both slots of a pair (k, m - k)
+    are read before they are written, in slot order (even p = bitrev(k) ascending: one run
+    forwards, one backwards), so nothing jumps."""
+    V = lane_count(z)
+    S = 2 * V
     m = n // 2
-    h = m // 2
+    zr = vload(z, 0)
+    zi = vload(z, V)
+    vstore(z, 0, zr + zi)                   # Y_0 = Re Z_0 + Im Z_0
+    vstore(z, V, zr - zi)                   # Y_m = Re Z_0 - Im Z_0
+    if m < 2:
+        return
+    p = S * at(rev, m // 2)                  # Y_{m/2} = conj(Z_{m/2})
+    vstore(z, p + V, -vload(z, p + V))
+    for pp in range(2, m, 2):                # k = rev[pp] runs over 1 .. m/2 - 1
+        k = at(rev, pp)
+        pa = S * pp
+        pb = S * at(rev, m - k)
+        ar = vload(z, pa)
+        ai = vload(z, pa + V)
+        br = vload(z, pb)
+        bi = vload(z, pb + V)
+        wr = 0.5 * at(tw, 2 * k)            # the 1/2 of E and O folded into W
+        wi = 0.5 * at(tw, 2 * k + 1)
+        er = ar + br            # 2E = A + conj(B)
+        ei = ai - bi
+        orr = ai + bi           # 2O = -i (A - conj(B))
+        oi = br - ar
+        tr = orr * wr - oi * wi  # T = W^k O
+        ti = orr * wi + oi * wr
+        vstore(z, pa, 0.5 * er + tr)            # Y_k = E + T
+        vstore(z, pa + V, 0.5 * ei + ti)
+        vstore(z, pb, 0.5 * er - tr)            # Y_{m-k} = conj(E - T)
+        vstore(z, pb + V, ti - 0.5 * ei)
+
+
+@njit(**_JIT)
+def spectrum_source(c, n, rev, V):
+    """Element offset in the scratch of ``split_inplace`` of halfcomplex column c."""
+    m = n // 2
     if c == 0:
         return 0
     if c == m:
-        return 1
-    if m >= 2:
-        if c == h:
-            return 2
-        if c == m + h:
-            return 3
-    if c < h:
-        return 4 * c
+        return V
     if c < m:
-        return 4 * (m - c) + 2
-    if c < m + h:
-        return 4 * (c - m) + 3
-    return 4 * (n - c) + 1
+        return 2 * V * at(rev, c)
+    return 2 * V * at(rev, n - c) + V
 
 
-@njit(**_INLINE)
-def store_groups(x, r0, nv, a, V):
-    """x[r0+v, c] = a[group_slot(c)*V + v]: the groups of ``split_spectrum`` into the rows in
-    halfcomplex order.  Full blocks with unit column stride and n >= 4B go through
-    ``transpose_tile``: in each quarter of the columns consecutive columns are lane vectors 4V
-    elements apart (downwards in the second and fourth quarter), except the first column of
-    quarters 1-3 (group 0's slots).  Other blocks: a scalar copy through ``group_slot``."""
-    n = x.shape[1]
-    isz = x.itemsize
-    B = V // 2
-    m = n // 2
-    h = m // 2
-    if V > 1 and nv == V and h >= B and x.strides[1] == isz:
-        s0 = x.strides[0]
-        G = 4 * V * isz                      # bytes between consecutive groups
-        Vb = V * isz
-        # One quarter of the columns at a time, 8 rows at a time: each row is written
-        # sequentially.  Quarter 0: column j = group j, slot 0.  Quarter 1: column h+j = group
-        # h-j, slot 2.  Quarter 2: column m+j = group j, slot 3.  Quarter 3: column m+h+j =
-        # group h-j, slot 1.  Column j = 0 of quarters 1-3 sits in group 0 (slots 2, 1, 3).
-        for hh in range(2):
-            lane = hh * B * isz
-            d = (r0 + hh * B) * s0
-            for j0 in range(0, h, B):
-                so = j0 * G + lane
-                transpose_tile(a, so, so, G, x, d + j0 * isz, d + j0 * isz, s0)
-            for j0 in range(0, h, B):
-                so = (h - j0) * G + 2 * Vb + lane
-                sf = 2 * Vb + lane if j0 == 0 else so
-                dd = d + (h + j0) * isz
-                transpose_tile(a, sf, so, -G, x, dd, dd, s0)
-            for j0 in range(0, h, B):
-                so = j0 * G + 3 * Vb + lane
-                sf = Vb + lane if j0 == 0 else so
-                dd = d + (m + j0) * isz
-                transpose_tile(a, sf, so, G, x, dd, dd, s0)
-            for j0 in range(0, h, B):
-                so = (h - j0) * G + Vb + lane
-                sf = 3 * Vb + lane if j0 == 0 else so
-                dd = d + (m + h + j0) * isz
-                transpose_tile(a, sf, so, -G, x, dd, dd, s0)
-        return
-    Vu = u64(V)
-    tk = max(1, TILE_BYTES // (V * isz))
-    for k0 in range(0, n, tk):
-        k1 = min(n, k0 + tk)
-        for vv in range(nv):
-            r = u64(r0 + vv)
-            for kk in range(k0, k1):
-                x[r, u64(kk)] = a[u64(group_slot(kk, n)) * Vu + u64(vv)]
-
-
-@njit(**_INLINE)
-def unscramble(z, o, m, rev, scale, V):
-    """o[p] = scale * conj(Z[rev[p]]) for complex slots p < m: the inverse's output order,
-    applying the pending last radix-2 stage of ``fft_dif`` on the way when there is one
-    (rev[p + m/2] = rev[p] + 1 for p < m/2: both come from one butterfly).  One contiguous
-    store per slot keeps the lane loop vectorised; the slots are read in order and written
-    in bit-reversed order (0.69 against 0.90 ns per element the other way round at
-    n = 65536, where the scratch outgrows L2)."""
-    Vu = u64(V)
-    if last_stage_pending(m):
-        h = m // 2
-        hoff = u64(2 * h) * Vu
-        for tt in range(h):                     # source slots in order (see split_pending)
-            pp = rev[2 * tt]                    # rev[pp] = 2t
-            src = u64(2 * tt) * Vu
-            d0 = u64(2) * u64(pp) * Vu
-            d1 = d0 + hoff
-            for vv in range(V):
-                v = u64(vv)
-                ar = z[src + v]
-                ai = z[src + Vu + v]
-                br = z[src + hoff + v]
-                bi = z[src + hoff + Vu + v]
-                o[d0 + v] = scale * (ar + br)
-                o[d0 + Vu + v] = -scale * (ai + bi)
-                o[d1 + v] = scale * (ar - br)
-                o[d1 + Vu + v] = -scale * (ai - bi)
-        return
-    for ss in range(m):
-        src = u64(2) * u64(ss) * Vu
-        dst = u64(2) * u64(rev[ss]) * Vu
-        for vv in range(V):
-            v = u64(vv)
-            o[dst + v] = scale * z[src + v]
-            o[dst + Vu + v] = -scale * z[src + Vu + v]
-
-
-@njit(**_INLINE)
-def split_group(ar, ai, br, bi, wr, wi, half, o, g, Vu):
-    """One lane of group k of the split: Z_k = A, Z_{m-k} = B, W^k = w; writes Re Y_k,
-    Im Y_k, Re Y_{m-k}, Im Y_{m-k} at o[g], o[g + V], o[g + 2V], o[g + 3V]."""
-    er = ar + br            # 2E = A + conj(B)
-    ei = ai - bi
-    orr = ai + bi           # 2O = -i (A - conj(B))
-    oi = br - ar
-    tr = orr * wr - oi * wi  # 2T = W^k 2O
-    ti = orr * wi + oi * wr
-    o[g] = half * (er + tr)                 # Y_k = E + T
-    o[g + Vu] = half * (ei + ti)
-    o[g + u64(2) * Vu] = half * (er - tr)   # Y_{m-k} = conj(E - T)
-    o[g + u64(3) * Vu] = half * (ti - ei)
-
-
-@njit(**_INLINE)
-def split_pending(z, o, n, tw, rev, scale, V):
-    """``split_spectrum`` when ``fft_dif`` left its last radix-2 stage pending: Z_k for
-    0 < k < m/2 sits at an even slot (z[t] + z[t + m/2], t = rev[k] / 2) and Z_{m-k} at an odd
-    one (a difference).  Z_0 and Z_{m/2} are the sum and difference of slots 0 and m/2."""
-    m = n // 2
-    Vu = u64(V)
-    hoff = u64(m) * Vu                  # complex slot m/2
-    half = 0.5 * scale
-    for vv in range(V):
-        v = u64(vv)
-        ar = z[v]
-        ai = z[Vu + v]
-        br = z[hoff + v]
-        bi = z[hoff + Vu + v]
-        zr = ar + br                    # Z_0
-        zi = ai + bi
-        o[v] = scale * (zr + zi)                    # Y_0
-        o[Vu + v] = scale * (zr - zi)               # Y_m
-        o[u64(2) * Vu + v] = scale * (ar - br)      # Y_{m/2} = conj(Z_{m/2})
-        o[u64(3) * Vu + v] = -scale * (ai - bi)
-    # k in the order of its slot (even p = rev[k] ascending): the reads of Z_k run forwards
-    # and those of Z_{m-k} (rev[m-k] = p XOR (R-1), R the top bit of p) backwards, and only
-    # the group stores jump.  Walking k in order, both reads jumped to bit-reversed places:
-    # 1.25 against 0.9 ns per element once the scratch outgrows L2 (n >= 16384; a
-    # cache-blocked walk in 8x8 tiles, through an L1 tile buffer or not, was no faster).
-    for pp in range(2, m, 2):
-        kk = rev[pp]
-        k = u64(kk)
-        pa = u64(pp) * Vu
-        pb = (u64(rev[m - kk]) - u64(1)) * Vu
-        g = u64(4) * k * Vu
-        wr = tw[u64(2) * k]
-        wi = tw[u64(2) * k + u64(1)]
-        for vv in range(V):
-            v = u64(vv)
-            split_group(z[pa + v] + z[pa + hoff + v], z[pa + Vu + v] + z[pa + hoff + Vu + v],
-                        z[pb + v] - z[pb + hoff + v], z[pb + Vu + v] - z[pb + hoff + Vu + v],
-                        wr, wi, half, o, g + v, Vu)
-
-
-@njit(**_INLINE)
-def split_spectrum(z, o, n, tw, rev, scale, V):
-    """Z (bit-reversed, in z) -> scale * half spectrum Y of the real rows, in groups (in o).
-
-    Group k (0 <= k < m/2) holds the lane vectors Re Y_k, Im Y_k, Re Y_{m-k}, Im Y_{m-k}
-    (group 0: Y_0, Y_m, Re Y_{m/2}, Im Y_{m/2}); ``store_groups`` transposes them into
-    halfcomplex order.  Writing one contiguous group per iteration keeps the lane loop
-    vectorisable (four separate stores per iteration, k, n-k, m-k and m+k, are not).
-    """
-    m = n // 2
-    if last_stage_pending(m):
-        split_pending(z, o, n, tw, rev, scale, V)
-        return
-    Vu = u64(V)
-    half = 0.5 * scale
-    for vv in range(V):
-        v = u64(vv)
-        zr = z[v]
-        zi = z[Vu + v]
-        o[v] = scale * (zr + zi)                # Y_0 = Re Z_0 + Im Z_0
-        o[Vu + v] = scale * (zr - zi)           # Y_m = Re Z_0 - Im Z_0
-    if m >= 2:                                  # Y_{m/2} = conj(Z_{m/2})
-        p = u64(2) * u64(rev[m // 2]) * Vu
-        for vv in range(V):
-            v = u64(vv)
-            o[u64(2) * Vu + v] = scale * z[p + v]
-            o[u64(3) * Vu + v] = -scale * z[p + Vu + v]
-    for pp in range(2, m, 2):                   # slot order, as in split_pending
-        kk = rev[pp]
-        k = u64(kk)
-        pa = u64(2) * u64(pp) * Vu
-        pb = u64(2) * u64(rev[m - kk]) * Vu
-        g = u64(4) * k * Vu
-        wr = tw[u64(2) * k]
-        wi = tw[u64(2) * k + u64(1)]
-        for vv in range(V):
-            v = u64(vv)
-            split_group(z[pa + v], z[pa + Vu + v], z[pb + v], z[pb + Vu + v],
-                        wr, wi, half, o, g + v, Vu)
-
-
-@njit(**_INLINE)
-def merge_spectrum(y, a, n, tw, V):
-    """Y in halfcomplex order (in y, as written by ``split_spectrum``) -> conj(2Z) in the
-    paired layout (in a): slot 2k holds conj(2Z_k), slot 2k+1 conj(2Z_{m-k}); slots 0, 1:
-    Z_0, Z_{m/2}."""
-    m = n // 2
-    Vu = u64(V)
-    nu = u64(n)
-    mu = u64(m)
-    for vv in range(V):
-        v = u64(vv)
-        y0 = y[v]
-        ym = y[mu * Vu + v]
-        a[v] = y0 + ym
-        a[Vu + v] = ym - y0
-    if m >= 2:
-        q1 = u64(m // 2) * Vu
-        q2 = u64(n - m // 2) * Vu
-        for vv in range(V):
-            v = u64(vv)
-            a[u64(2) * Vu + v] = 2.0 * y[q1 + v]
-            a[u64(3) * Vu + v] = 2.0 * y[q2 + v]    # conj(2 conj(Y_{m/2}))
-    for kk in range(1, (m + 1) // 2):
-        k = u64(kk)
-        g = u64(4) * k * Vu
-        g0 = k * Vu
-        g1 = (nu - k) * Vu
-        g2 = (mu - k) * Vu
-        g3 = (mu + k) * Vu
-        wr = tw[u64(2) * k]
-        wi = -tw[u64(2) * k + u64(1)]   # conj(W^k)
-        for vv in range(V):
-            v = u64(vv)
-            ar = y[g0 + v]
-            ai = y[g1 + v]
-            br = y[g2 + v]
-            bi = y[g3 + v]
-            er = ar + br            # 2E = A + conj(B)
-            ei = ai - bi
-            dr = ar - br            # A - conj(B)
-            di = ai + bi
-            orr = dr * wr - di * wi  # 2O = (A - conj B) conj(W^k)
-            oi = dr * wi + di * wr
-            a[g + v] = er - oi                  # conj(Z_k), Z_k = 2E + i 2O
-            a[g + Vu + v] = -(ei + orr)
-            a[g + u64(2) * Vu + v] = er + oi    # conj(Z_{m-k}), Z_{m-k} = conj(2E) + i conj(2O)
-            a[g + u64(3) * Vu + v] = ei - orr
-
-
-@njit(**_INLINE)
-def forward_block(x, r0, nv, a, b, tw, rev, scale, V):
-    """Rows r0 .. r0+nv-1 of x (nv <= V) -> their scaled halfcomplex spectra, in place."""
-    n = x.shape[1]
-    load_rows(x, r0, nv, a, V)
-    if fft_dif(a, b, n // 2, tw, V, False):
-        split_spectrum(a, b, n, tw, rev, scale, V)
-        store_groups(x, r0, nv, b, V)
-    else:
-        split_spectrum(b, a, n, tw, rev, scale, V)
-        store_groups(x, r0, nv, a, V)
-
-
-@njit(**_INLINE)
-def inverse_block(x, r0, nv, a, b, tw, rev, scale, V):
-    """Rows r0 .. r0+nv-1 of x: halfcomplex spectra -> scale * n * inverse transform, in place."""
-    n = x.shape[1]
-    load_rows(x, r0, nv, a, V)
-    merge_spectrum(a, b, n, tw, V)
-    if fft_dif(b, a, n // 2, tw, V, True):
-        unscramble(b, a, n // 2, rev, scale, V)
-        store_rows(x, r0, nv, a, V)
-    else:
-        unscramble(a, b, n // 2, rev, scale, V)
-        store_rows(x, r0, nv, b, V)
-
-
-@njit(parallel=True, cache=True, **_JIT)
-def rows_parallel(x, tw, rev, scale, forward, nchunks, sa, sb, lanes):
-    """Transform every row of x in place, blocks of V rows shared among ``nchunks`` threads;
-    thread c works in the scratch rows ``sa[c]`` and ``sb[c]`` (n V elements each)."""
-    V = len(lanes)
-    rows, n = x.shape
-    nblocks = (rows + V - 1) // V
-    nchunks = max(1, min(nchunks, nblocks, sa.shape[0]))
-    for c in prange(nchunks):
-        a = sa[c]
-        b = sb[c]
-        for blk in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
-            r0 = blk * V
-            if forward:
-                forward_block(x, r0, min(V, rows - r0), a, b, tw, rev, scale, V)
-            else:
-                inverse_block(x, r0, min(V, rows - r0), a, b, tw, rev, scale, V)
-
-
-@njit(nogil=True, cache=True, **_JIT)
-def rows_serial(x, tw, rev, scale, forward, a, b, lanes):
-    """Transform every row of x in place on the calling thread (releases the GIL), in the
-    scratch ``a`` and ``b`` (n V elements each)."""
-    V = len(lanes)
-    rows, n = x.shape
-    for r0 in range(0, rows, V):
+@njit(**_JIT)
+def gather_table(perm, n, rev, isz, V, forward):
+    """perm[c] = byte offset in the scratch of the lane vector of output column c: the
+    spectrum left by ``split_inplace`` (``forward``) or the inverse's bit-reversed FFT
+    output (column 2p + e: slot bitrev(p), part e)."""
+    for c in range(n):
         if forward:
-            forward_block(x, r0, min(V, rows - r0), a, b, tw, rev, scale, V)
+            perm[c] = spectrum_source(c, n, rev, V) * isz
         else:
-            inverse_block(x, r0, min(V, rows - r0), a, b, tw, rev, scale, V)
+            perm[c] = (2 * V * at(rev, c // 2) + V * (c % 2)) * isz
+
+
+@njit(**_JIT)
+def store_gathered(addr, nv, n, s0, s1, z, perm, scale, alt):
+    """Rows at ``addr`` <- column c = scale * (-1)^(alt c) * the lane vector at byte perm[c]
+    of z: V columns at a time, gathered and transposed into the rows.  The tile four ahead
+    is prefetched (with n V elements of 2-4 MiB the vectors come from L3, in bit-reversed
+    order: 4.5 against 3.6 ns per element at n = 65536, float64)."""
+    V = lane_count(z)
+    isz = z.itemsize
+    pe = alternate(z, scale, -scale if alt else scale)     # a tile from an even column
+    po = alternate(z, -scale if alt else scale, scale)     # from an odd column
+    if s1 == isz and n >= V:
+        d, k0, k1 = aligned_tiles(addr, s0, n, isz, V)
+        if d != 0:                  # first: the aligned tiles overwrite their overlap
+            for k in (0, n - V):
+                transpose_gather(z, perm[k:k + V], addr, k * isz, s0, nv,
+                                 pe if k % 2 == 0 else po)
+        for k in range(k0, k1, V):
+            if k + 4 * V < k1:
+                prefetch_rows(z, perm[k + 4 * V:k + 5 * V])
+            transpose_gather(z, perm[k:k + V], addr, k * isz, s0, nv, pe if k % 2 == 0 else po)
+    else:
+        for k in range(n):
+            f = -scale if alt and k % 2 == 1 else scale
+            src = perm[k] // isz
+            if s0 == isz and nv == V:
+                vstore_at(addr + k * s1, f * vload(z, src))
+            else:
+                for v in range(nv):
+                    poke(addr + v * s0 + k * s1, f * z[src + v])
+
+
+@njit(**_JIT)
+def spectrum_target(c, n, V):
+    """Element offset in the scratch of ``merge_inplace`` of halfcomplex column c: slot j
+    holds (Re Y_j, Im Y_j), slot 0 (Y_0, Y_m)."""
+    m = n // 2
+    if c == 0:
+        return 0
+    if c == m:
+        return V
+    if c < m:
+        return 2 * V * c
+    return 2 * V * (n - c) + V
+
+
+@njit(**_JIT)
+def scatter_table(perm, n, isz, V):
+    """perm[c] = byte offset in the scratch of ``merge_inplace`` of column c's lane vector."""
+    for c in range(n):
+        perm[c] = spectrum_target(c, n, V) * isz
+
+
+@njit(**_JIT)
+def load_scattered(addr, nv, n, s0, s1, a, perm):
+    """The rows at ``addr`` -> a, column c to the lane vector at byte perm[c] (lanes beyond
+    the last row repeat it)."""
+    V = lane_count(a)
+    isz = a.itemsize
+    if s1 == isz and n >= V:
+        d, k0, k1 = aligned_tiles(addr, s0, n, isz, V)
+        for k in range(k0, k1, V):
+            transpose_scatter(addr, k * isz, s0, nv, a, perm[k:k + V])
+        if d != 0:
+            for k in (0, n - V):
+                transpose_scatter(addr, k * isz, s0, nv, a, perm[k:k + V])
+    else:
+        for k in range(n):
+            dst = perm[k] // isz
+            if s0 == isz and nv == V:
+                vstore(a, dst, vload_at(addr + k * s1, a))
+            else:
+                for v in range(V):
+                    a[dst + v] = peek(addr + min(v, nv - 1) * s0 + k * s1, a)
+
+
+@njit(**_JIT)
+def merge_inplace(a, n, tw):
+    """The inverse of the split, in place on the layout of ``load_scattered`` (slot j:
+    (Re Y_j, Im Y_j), slot 0: (Y_0, Y_m)): slot k receives conj(2Z_k) (natural order)."""
+    V = lane_count(a)
+    S = 2 * V
+    m = n // 2
+    y0 = vload(a, 0)
+    ym = vload(a, V)
+    vstore(a, 0, y0 + ym)
+    vstore(a, V, ym - y0)
+    if m < 2:
+        return
+    h = m // 2
+    vstore(a, h * S, 2.0 * vload(a, h * S))
+    vstore(a, h * S + V, 2.0 * vload(a, h * S + V))
+    for k in range(1, h):
+        pa = k * S
+        pb = (m - k) * S
+        ar = vload(a, pa)
+        ai = vload(a, pa + V)
+        br = vload(a, pb)
+        bi = vload(a, pb + V)
+        wr = at(tw, 2 * k)
+        wi = -at(tw, 2 * k + 1)      # conj(W^k)
+        er = ar + br            # 2E = A + conj(B)
+        ei = ai - bi
+        dr = ar - br            # A - conj(B)
+        di = ai + bi
+        orr = dr * wr - di * wi  # 2O = (A - conj B) conj(W^k)
+        oi = dr * wi + di * wr
+        vstore(a, pa, er - oi)                  # conj(Z_k), Z_k = 2E + i 2O
+        vstore(a, pa + V, -(ei + orr))
+        vstore(a, pb, er + oi)                  # conj(Z_{m-k})
+        vstore(a, pb + V, ei - orr)
+
+
+@njit(**_JIT)
+def check_scratch(n, a, b):
+    """The scratch must hold n lane vectors each (the kernels' V, whatever the caller
+    thought): refuse rather than write past its end."""
+    if n < 2 or n & (n - 1) != 0:
+        raise ValueError("the numba kernels take power-of-two rows of at least 2 elements")
+    if a.size < n * lane_count(a) or b.size < n * lane_count(b):
+        raise ValueError("scratch too small for the kernels' lane count (LANE_BYTES = 64)")
+
+
+@njit(**_ENTRY)
+def forward_rows(addr, rows, n, s0, s1, tw, rev, scale, a, b):
+    """The ``rows`` rows of ``n`` elements at byte ``addr`` (strides ``s0``, ``s1`` bytes) ->
+    their scaled halfcomplex spectra, in place, V rows at a time in the scratch ``a`` (at
+    least n V elements; ``b``, the same size, is not used)."""
+    check_scratch(n, a, b)
+    a, tw, rev = detach(a), detach(tw), detach(rev)
+    V = lane_count(a)
+    perm = detach(b).view(np.int64)[:n]
+    gather_table(perm, n, rev, a.itemsize, V, True)
+    for r0 in range(0, rows, V):
+        nv = min(V, rows - r0)
+        row = addr + r0 * s0
+        load_rows(row, nv, n, s0, s1, a)
+        fft_inplace(a, n // 2, tw, n)
+        split_inplace(a, n, tw, rev)
+        store_gathered(row, nv, n, s0, s1, a, perm, scale, False)
+
+
+@njit(**_ENTRY)
+def inverse_rows(addr, rows, n, s0, s1, tw, rev, scale, a, b):
+    """The rows at ``addr``: halfcomplex spectra -> scale * n * inverse transform, in place."""
+    check_scratch(n, a, b)
+    a, tw, rev = detach(a), detach(tw), detach(rev)
+    V = lane_count(a)
+    tables = detach(b).view(np.int64)
+    perm = tables[:n]
+    gather_table(perm, n, rev, a.itemsize, V, False)
+    into = tables[n:2 * n]
+    scatter_table(into, n, a.itemsize, V)
+    for r0 in range(0, rows, V):
+        nv = min(V, rows - r0)
+        row = addr + r0 * s0
+        load_scattered(row, nv, n, s0, s1, a, into)
+        merge_inplace(a, n, tw)
+        fft_inplace(a, n // 2, tw, n)
+        store_gathered(row, nv, n, s0, s1, a, perm, scale, True)
