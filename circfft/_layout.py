@@ -55,21 +55,22 @@ def pack_half_spectrum(Y, n: int, out, scale: float, ops) -> None:
     """Write complex half spectra ``Y`` (..., n//2+1) into ``out`` (..., n), packed, times
     ``scale`` (any family; ``out`` may be the transform's input)."""
     h, ni = n // 2, n_imag(n)
-    re = Y.real * scale if scale != 1.0 else Y.real
-    im = Y.imag[..., 1: ni + 1] * scale if scale != 1.0 else Y.imag[..., 1: ni + 1]
-    out[..., : h + 1] = re
+    ops.mul_into(out[..., : h + 1], Y.real, scale)          # one pass each, no temporaries
     if ni:
-        out[..., n - ni:] = ops.flip_last(im)
+        ops.mul_into(out[..., n - ni:], ops.flip_last(Y.imag[..., 1: ni + 1]), scale)
 
 
 def unpack_half_spectrum(X, ops):
     """Complex half spectra (..., n//2+1) of packed rows ``X`` (..., n), any family."""
     n = X.shape[-1]
     h, ni = n // 2, n_imag(n)
-    Y = ops.zeros(tuple(X.shape[:-1]) + (h + 1,), ops.complex_dtype(X.dtype), X)
+    Y = ops.empty(tuple(X.shape[:-1]) + (h + 1,), ops.complex_dtype(X.dtype), X)
     Y.real[...] = X[..., : h + 1]
+    Y.imag[..., 0] = 0
     if ni:
         Y.imag[..., 1: ni + 1] = ops.flip_last(X[..., n - ni:])
+    if n % 2 == 0:
+        Y.imag[..., h] = 0
     return Y
 
 

@@ -114,18 +114,18 @@ class Backend:
 # ---------------------------------------------------------------------------------------------
 # Generic pieces used by several backends
 # ---------------------------------------------------------------------------------------------
-def transform_any_length(x, forward: bool, scale: float) -> None:
-    """Any length, in place on rows ``x`` (last axis), through the family's FFT and one
-    temporary of the rows' size (the fallback for lengths the kernels do not handle)."""
+def transform_any_length(x, forward: bool, scale: float, workers: int = 1) -> None:
+    """Any length, in place on rows ``x`` (last axis), through the family's FFT (for numpy
+    arrays ``scipy.fft`` when installed, with ``workers`` threads, else ``numpy.fft``) and one
+    temporary of the rows' size: the fallback for lengths the kernels do not handle."""
     from ._array_ops import ops_for
 
     ops = ops_for(x)
     n = x.shape[-1]
     if forward:
-        pack_half_spectrum(ops.rfft_last(x), n, x, scale, ops)
+        pack_half_spectrum(ops.rfft_last(x, workers), n, x, scale, ops)
     else:
-        r = ops.irfft_last(unpack_half_spectrum(x, ops), n)
-        x[...] = r * scale if scale != 1.0 else r
+        ops.mul_into(x, ops.irfft_last(unpack_half_spectrum(x, ops), n, workers), scale)
 
 
 def as_rows(x: np.ndarray) -> Iterator[np.ndarray]:

@@ -126,7 +126,7 @@ class NumbaBackend(Backend):
             return
         if not is_power_of_two(n):
             for block in iter_row_blocks(x):
-                transform_any_length(block, forward, scale)
+                transform_any_length(block, forward, scale, workers)
             return
         import numba
 

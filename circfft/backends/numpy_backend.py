@@ -118,4 +118,4 @@ class NumpyBackend(Backend):
             elif is_power_of_two(n):
                 (_forward_pow2 if forward else _inverse_pow2)(block, scale)
             else:
-                transform_any_length(block, forward, scale)
+                transform_any_length(block, forward, scale, workers)
