@@ -5,6 +5,8 @@
   (float32, float64), ``rng`` (a seeded ``numpy.random.Generator``).
 - Markers (declared in pyproject.toml): ``slow``; ``gpu`` tests are skipped unless a CUDA
   device is visible; ``cuda_compile`` tests are skipped unless ``nvcc`` is found.
+- Under ``CI=true`` nothing CI installs is skipped: `require` (modules) and `require_tool`
+  (nvcc, g++ >= 12, /proc/self/clear_refs) fail instead.  Only GPU tests skip there.
 - Hypothesis profiles: "default" (no deadline: numba's first call compiles) and "ci"/"thorough"
   selected with ``HYPOTHESIS_PROFILE``.
 """
@@ -43,19 +45,12 @@ CPU_BACKENDS = ("numpy", "numba")
 FLOAT_DTYPES = (np.float32, np.float64)
 
 
-def _numba_available() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(params=CPU_BACKENDS)
 def backend(request) -> str:
-    """Name of a CPU backend ("numpy" or "numba"); numba is skipped when not installed."""
-    if request.param == "numba" and not _numba_available():
-        pytest.skip("numba is not installed")
+    """Name of a CPU backend ("numpy" or "numba"); numba is skipped when not installed, and
+    fails under ``CI=true`` (see `require`)."""
+    if request.param == "numba":
+        require("numba")
     return request.param
 
 
@@ -119,11 +114,7 @@ def pytest_collection_modifyitems(config, items):
             skip = pytest.mark.skip(reason=reason)
             for item in gpu_items:
                 item.add_marker(skip)
-    nvcc_items = [item for item in items if item.get_closest_marker("cuda_compile")]
-    if nvcc_items and _nvcc() is None:
-        skip = pytest.mark.skip(reason="nvcc not found (PATH, CUDA_HOME, /usr/local/cuda)")
-        for item in nvcc_items:
-            item.add_marker(skip)
+    # cuda_compile tests: see pytest_runtest_setup (skipped without nvcc, failed under CI=true)
 
 
 def require(module_name: str):
@@ -141,3 +132,63 @@ def require(module_name: str):
     except ImportError as exc:
         raise ImportError(f"CI=true: {module_name} is installed by CI but does not import "
                           f"({exc})") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Tools that CI installs: skip without them, fail under CI=true
+# ---------------------------------------------------------------------------------------------
+def running_in_ci() -> bool:
+    """True under ``CI=true``, where everything CI installs must be usable."""
+    return os.environ.get("CI") == "true"
+
+
+def require_tool(reason: str | None, what: str) -> None:
+    """Skip the calling test (fixture, module) when ``reason`` is not None, i.e. ``what`` is
+    unusable; under ``CI=true`` fail with ``reason`` instead (CI installs ``what``)."""
+    if reason is None:
+        return
+    if running_in_ci():
+        pytest.fail(f"CI=true: {what} is required (CI installs it) but unusable: {reason}",
+                    pytrace=False)
+    pytest.skip(f"{what}: {reason}", allow_module_level=True)
+
+
+def nvcc_unavailable_reason() -> str | None:
+    """None when nvcc is found (PATH, CUDA_HOME, CUDA_PATH, /usr/local/cuda), else why not."""
+    return None if _nvcc() else "nvcc not found (PATH, CUDA_HOME, /usr/local/cuda)"
+
+
+def gxx_unavailable() -> str | None:
+    """None when the CUDA emulation's g++ >= 12 is usable, else why not."""
+    from cuda_emulation.emulator import gxx_unavailable_reason
+
+    return gxx_unavailable_reason()
+
+
+def clear_refs_unavailable_reason() -> str | None:
+    """None when this process may reset its RSS high-water mark (/proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError as exc:
+        return f"cannot reset the RSS high-water mark: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def nvcc() -> str:
+    """Path of nvcc; skips (fails under CI=true) without it."""
+    require_tool(nvcc_unavailable_reason(), "nvcc")
+    return _nvcc()
+
+
+@pytest.fixture(scope="session")
+def gxx() -> None:
+    """g++ >= 12 for the CUDA emulation; skips (fails under CI=true) without it.  Modules use
+    it as ``pytest.mark.usefixtures("gxx")``: it runs before their session fixtures build."""
+    require_tool(gxx_unavailable(), "g++ >= 12 (CUDA emulation)")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("cuda_compile"):
+        require_tool(nvcc_unavailable_reason(), "nvcc")

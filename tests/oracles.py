@@ -1,8 +1,8 @@
 """Independent reference implementations for the circfft tests (the ONE place for oracles).
 
 Nothing here imports circfft: every oracle is built from ``numpy.fft`` / ``scipy.fft`` (in
-float64) or from cos/sin directly, and packs/unpacks the halfcomplex layout with explicit index
-loops written independently of ``circfft._layout``.
+float64) or from cos/sin directly (in float64 or extended precision), and packs/unpacks the
+halfcomplex layout with explicit index loops written independently of ``circfft._layout``.
 
 Packed (FFTW R2HC) layout, ``Y = numpy.fft.rfft(x)``, ``n = len(x)``::
 
@@ -14,7 +14,11 @@ Stable API (other test modules import these names):
 - ``packed_rfft_oracle(x, axis=-1, norm=None)``   -> float64 packed spectrum
 - ``packed_irfft_oracle(X, axis=-1, norm=None)``  -> float64 real signal
 - ``dft_matrix_packed(n)``                         -> (n, n) float64 matrix R, ``rdfft(x) == R @ x``
+- ``extended_rdfft_oracle(x)`` / ``extended_irdfft_oracle(X)`` -> O(n^2) DFT in extended
+  precision (numpy.longdouble), no FFT at all: independent of numpy.fft for every length
 - ``tolerance(n, dtype, norm_of_input)``           -> per-element absolute tolerance
+- ``fft_relative_error(n, dtype)``                 -> normwise relative error of one transform
+- ``round_trip_tolerance(n, dtype, norm)``         -> per-element bound of irdfft(rdfft(x))
 - ``TOL_C``                                        -> the constant ``c`` used by ``tolerance``
 - ``pack_complex(Y, n, axis=-1)`` / ``unpack_to_complex(X, axis=-1)`` -> loop-based layout maps
 - ``packed_weights(n)``                            -> Parseval weights w (1 or 2 per slot)
@@ -26,12 +30,14 @@ Stable API (other test modules import these names):
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
 __all__ = [
-    "TOL_C", "tolerance", "packed_rfft_oracle", "packed_irfft_oracle", "dft_matrix_packed",
+    "TOL_C", "tolerance", "fft_relative_error", "round_trip_tolerance", "packed_rfft_oracle",
+    "packed_irfft_oracle", "dft_matrix_packed", "extended_rdfft_oracle", "extended_irdfft_oracle",
     "pack_complex", "unpack_to_complex", "packed_weights", "full_spectrum_norm",
     "scale_factor", "circular_convolution_oracle", "circular_correlation_oracle",
     "assert_close", "row_norms",
@@ -40,43 +46,78 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # Tolerances
 # ---------------------------------------------------------------------------------------------
-#: Constant ``c`` of the per-element error bound ``c * log2(n) * eps * ||x||_2``.
+#: Constant ``c`` of the normwise error bound ``c * log2(n) * eps`` of one transform.
 #:
-#: Derivation.  For a radix-2 FFT, Higham (Accuracy and Stability of Numerical Algorithms, 2nd
-#: ed., Thm 24.2) bounds the normwise error of the unnormalised transform by
-#: ``||fl(F x) - F x||_2 <= log2(n) * eta * ||F x||_2 / (1 - log2(n) * eta)`` with
-#: ``eta = mu + gamma_4 * (sqrt(2) + mu)`` where ``mu`` is the relative error of the computed
-#: twiddles.  With twiddles correctly rounded (mu <= eps) this is ``eta <= (4*sqrt(2) + 2) eps
-#: ~= 7.7 eps``, i.e. at most 8 eps of error per butterfly level.  ``||F x||_2 = sqrt(n) ||x||_2``
-#: for the full complex DFT, and the rounding errors of the n outputs are spread over all of
-#: them (they are sums of ~n log2 n independent rounding terms), so the error of ONE output is
-#: about ``||error||_2 / sqrt(n)``: the per-element figure is ``8 * log2(n) * eps * ||x||_2``.
-#: We use c = 8 and add one eps*||x||_2 (the final rounding of each stored element), and for
-#: float64 we add the same bound again for the float64 oracle itself.  In practice observed
-#: errors are 10-100x below this; an off-by-one in the layout or a wrong twiddle produces errors
-#: of order ``||x||_2 / sqrt(n)`` or more, orders of magnitude above it.
+#: Derivation.  Higham (Accuracy and Stability of Numerical Algorithms, 2nd ed., Thm 24.2)
+#: bounds the error of a radix-2 FFT normwise: ``||fl(F x) - F x||_2 <= log2(n) * eta *
+#: ||F x||_2 / (1 - log2(n) * eta)`` with ``eta = mu + gamma_4 * (sqrt(2) + mu)``, ``mu`` the
+#: relative error of the computed twiddles.  Correctly rounded twiddles (mu <= eps) give
+#: ``eta <= (4 sqrt(2) + 2) eps ~= 7.7 eps``: at most 8 eps per butterfly level, c = 8.  One
+#: more eps covers the final rounding of each stored element (the packing, the scale).
+#:
+#: The bound is on the 2-norm of the whole error vector, and that is all a per-element check
+#: may rely on: ``|err_k| <= ||err||_2``.  The error of ONE output is not ``||err||_2 /
+#: sqrt(n)`` in general -- that holds for random inputs, whose rounding errors spread over all
+#: outputs, but a concentrated spectrum (a constant row, a pure tone) puts rounding errors of
+#: the size of ``eps * max|X|`` into slots whose exact value is 0, and ``max|X|`` can be
+#: ``sqrt(n) ||x||_2``.  So the per-element tolerance is the whole normwise bound::
+#:
+#:     |fl(X)_k - X_k| <= (c log2(n) + 1) * eps * ||F x||_2,   ||F x||_2 = sqrt(n) ||x||_2
+#:
+#: (``F`` the full complex DFT; a packed slot is the real or imaginary part of one of its
+#: entries, so it is bounded the same way).  The other lengths go through ``numpy.fft``'s
+#: mixed-radix / Bluestein transforms, whose normwise errors are of the same ``log2(n) eps``
+#: order (the constant ``c = 8`` leaves room for it).  For float64 the bound is doubled: the
+#: float64 oracles carry an error of the same order.  Observed errors on random rows are
+#: 10-1000x below the bound; a layout bug (a slot off by one, a sign) moves O(||x||_2) per
+#: element, which is above it for every n up to 2**24 in both dtypes (``test_oracles.py``).
 TOL_C = 8.0
+
+
+def fft_relative_error(n: int, dtype) -> float:
+    """Normwise relative error bound of one unnormalised length-``n`` transform in ``dtype``:
+    ``||fl(F x) - F x||_2 <= fft_relative_error(n, dtype) * ||F x||_2``.
+
+    ``(TOL_C * max(1, log2 n) + 1) * eps(dtype)``, doubled for float64 (the float64 oracle's
+    own error).  See the derivation above `TOL_C`.
+    """
+    n = max(int(n), 1)
+    eps = float(np.finfo(np.dtype(dtype)).eps)
+    rel = (TOL_C * max(1.0, math.log2(n)) + 1.0) * eps
+    if np.dtype(dtype) == np.float64:
+        rel *= 2.0  # the float64 oracle carries an error of the same order
+    return rel
 
 
 def tolerance(n: int, dtype, norm_of_input: float) -> float:
     """Per-element absolute tolerance for an unnormalised length-``n`` transform in ``dtype``.
 
-    ``norm_of_input`` is the 2-norm of the transformed row (the largest over the rows of a
+    ``norm_of_input`` is the 2-norm of the transformed line (the largest over the rows of a
     batch).  For the inverse direction pass the 2-norm of the FULL complex spectrum (see
     `full_spectrum_norm`), and multiply the result by the normalisation factor applied
     (`scale_factor`), exactly as for the forward direction.
 
-    ``atol = (TOL_C * max(1, log2 n) + 1) * eps(dtype) * norm_of_input`` (+ the same in float64
-    for the oracle's own error when dtype is float64).
+    ``atol = fft_relative_error(n, dtype) * sqrt(n) * norm_of_input``: the normwise bound of
+    Higham's Thm 24.2 on ``||F x||_2 = sqrt(n) ||x||_2``, which bounds every element of the
+    error for every input (see `TOL_C`).  Zero for a zero input: zeros must match exactly.
     """
     n = max(int(n), 1)
-    eps = float(np.finfo(np.dtype(dtype)).eps)
-    levels = max(1.0, math.log2(n))
-    tol = (TOL_C * levels + 1.0) * eps * float(norm_of_input)
-    if np.dtype(dtype) == np.float64:
-        tol *= 2.0  # the float64 oracle carries an error of the same order
-    # Never return exactly zero: a zero input must still match exactly (checked separately).
-    return tol
+    return fft_relative_error(n, dtype) * math.sqrt(n) * float(norm_of_input)
+
+
+def round_trip_tolerance(n: int, dtype, norm_of_signal: float) -> float:
+    """Per-element bound for ``irdfft(rdfft(x))`` (any ``norm``) against ``x``.
+
+    The forward error ``e`` has ``||e||_2 <= rel * sqrt(n) ||x||_2`` (rel =
+    `fft_relative_error`; ``sqrt(2)`` more for the full spectrum, each packed pair appearing
+    twice in it), and reaches the signal through ``F^* / n``, which shrinks 2-norms by
+    ``sqrt(n)``: ``sqrt(2) rel ||x||_2``.  The inverse adds its own ``rel * sqrt(n) *
+    ||X_full||_2 / n = rel ||x||_2``.  Normalisations cancel.  Total ``(1 + sqrt 2) rel
+    ||x||_2``, per element because it bounds the 2-norm.  ``norm_of_signal`` is ``||x||_2``
+    (for ``rdfft(irdfft(X))`` pass ``||X_full||_2`` and multiply by ``sqrt(n)`` -- the same
+    argument on the spectrum side).
+    """
+    return (1.0 + math.sqrt(2.0)) * fft_relative_error(n, dtype) * float(norm_of_signal)
 
 
 def row_norms(x, axis=-1) -> np.ndarray:
@@ -207,6 +248,105 @@ def dft_matrix_packed(n: int) -> np.ndarray:
         ang = 2.0 * np.pi * ((j * k) % n) / n
         R[n - k] = -np.sin(ang)
     return R
+
+
+#: Rows of the cos/sin index table gathered at once by the extended-precision DFT (memory).
+_EXT_BLOCK_ELEMENTS = 2**20
+
+
+@functools.lru_cache(maxsize=16)
+def _extended_cos_sin(n: int):
+    """``cos(2 pi m / n)``, ``sin(2 pi m / n)`` for ``m < n`` in ``numpy.longdouble``.
+
+    pi comes from ``4 atan(1)`` in extended precision; the angle of entry ``(j, k)`` is later
+    taken at the exact integer residue ``(j * k) mod n``, so no angle is ever larger than
+    ``2 pi`` and every table entry is within an ulp of extended precision (~1e-19).
+    """
+    pi = 4 * np.arctan(np.longdouble(1))
+    angle = (2 * pi / np.longdouble(n)) * np.arange(n).astype(np.longdouble)
+    c, s = np.cos(angle), np.sin(angle)
+    # quarter turns exactly (pi itself is rounded): integer inputs stay exact where the DFT
+    # only uses 0 and +-1
+    for m, (cv, sv) in enumerate(((1, 0), (0, 1), (-1, 0), (0, -1))):
+        if (m * n) % 4 == 0:
+            c[m * n // 4], s[m * n // 4] = cv, sv
+    c.flags.writeable = False
+    s.flags.writeable = False
+    return c, s
+
+
+def _extended_dft_rows(v, n: int, k, table):
+    """``v @ table[(k j) mod n].T`` for the frequencies ``k``, in blocks (extended precision)."""
+    j = np.arange(n, dtype=np.int64)
+    out = np.zeros(v.shape[:-1] + (len(k),), dtype=np.longdouble)
+    step = max(1, _EXT_BLOCK_ELEMENTS // max(n, 1))
+    for k0 in range(0, len(k), step):
+        kk = np.asarray(k[k0:k0 + step], dtype=np.int64)
+        out[..., k0:k0 + len(kk)] = v @ table[np.outer(kk, j) % n].T
+    return out
+
+
+def extended_rdfft_oracle(x) -> np.ndarray:
+    """Packed spectrum of real ``x`` (last axis) by the O(n^2) DFT sum in extended precision.
+
+    ``X[k] = sum_j x_j cos(2 pi jk/n)`` (0 <= k <= n/2), ``X[n-k] = -sum_j x_j sin(2 pi jk/n)``
+    (0 < k < n/2), summed in ``numpy.longdouble`` (64-bit significand on x86-64) with angles at
+    exact integer residues: no FFT and no ``numpy.fft`` is involved, so it is independent of
+    every transform circfft may call, for every length.  Rounded once to float64 at the end:
+    for inputs of at most float64 precision its error is about one float64 ulp of ``||x||_1``
+    (n longdouble roundings of 2^-64 each are far below that for n up to 2^16).
+    """
+    v = np.asarray(x, dtype=np.longdouble)
+    n = v.shape[-1]
+    out = np.zeros(v.shape, dtype=np.longdouble)
+    if n == 0 or v.size == 0:
+        return out.astype(np.float64)
+    c, s = _extended_cos_sin(n)
+    k_re = np.arange(0, n // 2 + 1)
+    k_im = np.arange(1, (n + 1) // 2)
+    out[..., k_re] = _extended_dft_rows(v, n, k_re, c)
+    if k_im.size:
+        out[..., n - k_im] = -_extended_dft_rows(v, n, k_im, s)
+    return out.astype(np.float64)
+
+
+def extended_irdfft_oracle(X) -> np.ndarray:
+    """Inverse of `extended_rdfft_oracle` (numpy's "backward" normalisation, 1/n), O(n^2).
+
+    ``x_j = (X_0 + (-1)^j X_{n/2} + 2 sum_{0<k<n/2} (Re_k cos(2 pi jk/n) - Im_k sin(2 pi jk/n)))
+    / n`` with ``Re_k = X[k]``, ``Im_k = X[n-k]`` (the Nyquist term only for even n), summed in
+    extended precision.
+    """
+    V = np.asarray(X, dtype=np.longdouble)
+    n = V.shape[-1]
+    if n == 0 or V.size == 0:
+        return np.zeros(V.shape, dtype=np.float64)
+    c, s = _extended_cos_sin(n)
+    k_re = np.arange(0, n // 2 + 1)
+    k_im = np.arange(1, (n + 1) // 2)
+    w = np.full(k_re.size, 2, dtype=np.longdouble)
+    w[0] = 1
+    if n % 2 == 0:
+        w[-1] = 1
+    # x_j = sum_k w_k Re_k cos(2 pi jk/n) - 2 sum_k Im_k sin(2 pi jk/n): the transposed sums,
+    # i.e. the same blocked gather with the roles of j and k exchanged.
+    j = np.arange(n)
+    re = (V[..., k_re] * w)
+    out = _extended_dft_rows_transposed(re, n, k_re, j, c)
+    if k_im.size:
+        out -= _extended_dft_rows_transposed(2 * V[..., n - k_im], n, k_im, j, s)
+    return (out / np.longdouble(n)).astype(np.float64)
+
+
+def _extended_dft_rows_transposed(coef, n: int, k, j, table):
+    """``sum_k coef_k table[(k j) mod n]`` for every ``j``, in blocks (extended precision)."""
+    out = np.zeros(coef.shape[:-1] + (len(j),), dtype=np.longdouble)
+    kk = np.asarray(k, dtype=np.int64)
+    step = max(1, _EXT_BLOCK_ELEMENTS // max(len(kk), 1))
+    for j0 in range(0, len(j), step):
+        jj = np.asarray(j[j0:j0 + step], dtype=np.int64)
+        out[..., j0:j0 + len(jj)] = coef @ table[np.outer(kk, jj) % n]
+    return out
 
 
 def packed_weights(n: int) -> np.ndarray:
@@ -379,16 +519,24 @@ def c3a_kernel_to_first_column(k) -> np.ndarray:
 def adapter_update_tolerance(b: int, dtype, scale: float, w, x, stages: int = 3) -> float:
     """Per-element bound for a block-circulant update ``scale * C(w) x`` computed by FFTs.
 
-    Output block ``i`` sums ``n`` circulant products; each is a forward transform of ``x_j``
-    and of ``w[i, j]``, a product and an inverse transform (``stages`` transforms), each off by
-    at most `tolerance` relative to ``||w[i, j]||_2 ||x_j||_2``.  By Cauchy-Schwarz the sum
-    over ``j`` is bounded by ``max_i ||w[i]||_F * max_row ||x||_2``.
+    One circulant product ``irdfft(W * X) / b`` of a block: the transforms of ``x_j`` and of
+    ``w[i, j]`` and the inverse are each off by at most `fft_relative_error` ``r`` normwise;
+    with ``max|W| <= ||w||_1 <= sqrt(b) ||w||_2`` (the same for ``X``) and ``F^{-1}/b``
+    shrinking 2-norms by ``sqrt(b)``, each of the ``stages`` transforms contributes at most
+    ``r sqrt(b) ||w[i, j]||_2 ||x_j||_2`` = `tolerance` ``(b, dtype, ||w_ij|| ||x_j||)`` to the
+    2-norm of the output block's error.  Summing the ``nb`` input blocks in the frequency
+    domain adds ``(nb + 2) eps`` times the same product (the sum, the product and the scaled
+    kernel each round), and by Cauchy-Schwarz ``sum_j ||w_ij|| ||x_j|| <= ||w[i]||_F ||x||_2``.
+    The 2-norm of a block's error bounds each of its elements.
     """
     w = np.asarray(w, dtype=np.float64)
     x = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
+    nb = w.shape[1] if w.ndim == 3 else 1
     wnorm = float(np.sqrt((w * w).sum(axis=(1, 2))).max())
     xnorm = float(row_norms(x).max()) if x.size else 0.0
-    return stages * abs(scale) * tolerance(b, dtype, wnorm * xnorm)
+    eps = float(np.finfo(np.dtype(dtype)).eps)
+    return abs(scale) * (stages * tolerance(b, dtype, wnorm * xnorm)
+                         + (nb + 2) * eps * math.sqrt(b) * wnorm * xnorm)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,23 +615,163 @@ def peft_fourierft_delta_weight_oracle(spectrum, rows, cols, out_features, in_fe
 
 
 def fourierft_matmul_tolerance(spectrum, x, out_features, in_features, scaling, dtype) -> float:
-    """Per-element bound for ``x @ dW.T`` computed through packed transforms in ``dtype``.
+    """Per-element bound for FourierFT's ``x @ dW.T``, ``dW = scaling Re(ifft2(grid))``, in
+    ``dtype``.
 
-    Each output is ``(scaling / (in*out)) sum_k f_k Re(e^{...} conj(X[c_k]))``: a length-``in``
-    transform of ``x`` (error `tolerance` relative to ``||x||_2`` per coefficient), ``n``
-    products accumulated, and a length-``out`` inverse transform of a spectrum whose entries
-    are bounded by ``sum_k |f_k| * |X|``.  Bounding every ``|X[c]|`` error by the per-element
-    transform figure and adding the levels of both transforms gives
-    ``(TOL_C * (log2 in + log2 out) + 4) * eps * scaling / (in*out) * ||f||_1 * max_row ||x||_2``
-    (the dense route has the same structure: two transforms of the sparse grid, then one
-    sum over ``in`` per output; its rounding is covered by the same count of levels).
+    ``y_u = (s / (in out)) Re sum_k f_k e^{2 pi i u r_k / out} conj(X[c_k])`` with ``X`` the
+    length-``in`` DFT of the row ``x`` (``s`` = scaling, ``r = fft_relative_error``).
+
+    - transform route: ``|err X[c]| <= r_in sqrt(in) ||x||_2`` (normwise bound, see `TOL_C`)
+      enters through ``sum_k |f_k|``; the products round ``4 eps |f_k| |X|`` with
+      ``|X| <= sqrt(in) ||x||_2``; the length-``out`` transform of the gathered spectrum ``G``
+      (``||G||_2 <= ||f||_2 sqrt(in) ||x||_2``, the columns of one row of the grid being
+      distinct) is off by ``r_out sqrt(out) ||G||_2`` per element;
+    - dense route: ``dW`` from the 2-d transform is off by ``r_2d ||dW||_F`` in Frobenius
+      norm (``||dW||_F = s ||f||_2 / sqrt(in out)``, ``r_2d`` of ``log2(in out)`` levels), which
+      reaches ``y_u`` through ``||x||_2`` (Cauchy-Schwarz on the row), and the matmul adds
+      ``(in + 2) eps ||x||_2 ||dW_u||_2``.
+
+    Both routes are within the sum::
+
+        s ||x||_2 / sqrt(in out) * ((r_in + 4 eps) ||f||_1 / sqrt(out)
+                                   + (r_out + r_2d + (in + 2) eps) ||f||_2)
+
+    (``max_row ||x||_2``; ``r`` doubled for float64, the oracle's own error).
     """
     eps = float(np.finfo(np.dtype(dtype)).eps)
-    levels = max(1.0, math.log2(max(in_features, 1))) + max(1.0, math.log2(max(out_features, 1)))
-    f1 = float(np.abs(np.asarray(spectrum, dtype=np.float64)).sum())
+    if np.dtype(dtype) == np.float64:
+        eps *= 2.0
+    i, o = max(int(in_features), 1), max(int(out_features), 1)
+    f = np.abs(np.asarray(spectrum, dtype=np.float64))
+    f1, f2 = float(f.sum()), float(np.sqrt((f * f).sum()))
     x64 = np.asarray(x, dtype=np.float64).reshape(-1, in_features)
     xnorm = float(row_norms(x64).max()) if x64.size else 0.0
-    tol = (TOL_C * levels + 4.0) * eps * abs(scaling) / (in_features * out_features) * f1 * xnorm
+    r_in, r_out, r_2d = (fft_relative_error(v, dtype) for v in (i, o, i * o))
+    return abs(scaling) * xnorm / math.sqrt(i * o) * (
+        (r_in + 4 * eps) * f1 / math.sqrt(o) + (r_out + r_2d + (i + 2) * eps) * f2)
+
+
+__all__ += ["fourierft_grad_tolerance"]
+
+
+def fourierft_grad_tolerance(gy, x, out_features, in_features, scaling, dtype) -> float:
+    """Per-entry bound for the FourierFT coefficient gradient ``sum_t gy_t^T (d dW/d f_k) x_t``.
+
+    ``grad f_k = (s / (in out)) sum_t Re(G_t[r_k] X_t[c_k])`` (up to conjugations) with ``G_t``,
+    ``X_t`` the DFTs of ``gy_t`` (length out) and ``x_t`` (length in).  Transform route: the
+    errors ``r_in sqrt(in) ||x_t||`` and ``r_out sqrt(out) ||gy_t||`` (normwise bounds) times
+    the other factor (``|X_t| <= sqrt(in) ||x_t||``, ``|G_t| <= sqrt(out) ||gy_t||``) and 4
+    roundings of the product; dense route: ``gy^T x`` (``T eps`` relative, Frobenius) then a
+    2-d transform (``r_2d``).  Both are within
+    ``s (r_in + r_out + r_2d + (T + 4) eps) sum_t ||gy_t|| ||x_t|| / sqrt(in out)``.
+    """
+    eps = float(np.finfo(np.dtype(dtype)).eps)
     if np.dtype(dtype) == np.float64:
-        tol *= 2.0  # the float64 oracle carries an error of the same order
-    return tol
+        eps *= 2.0
+    i, o = max(int(in_features), 1), max(int(out_features), 1)
+    g64 = np.asarray(gy, dtype=np.float64).reshape(-1, out_features)
+    x64 = np.asarray(x, dtype=np.float64).reshape(-1, in_features)
+    T = len(x64)
+    pairs = float((row_norms(g64) * row_norms(x64)).sum()) if T else 0.0
+    r = sum(fft_relative_error(v, dtype) for v in (i, o, i * o))
+    return abs(scaling) * (r + (T + 4) * eps) * pairs / math.sqrt(i * o)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense products and chains of block-circulant factors (adapter tests)
+# ---------------------------------------------------------------------------------------------
+__all__ += ["matmul_tolerance", "block_circulant_stage_error", "unit_roundoff"]
+
+
+def unit_roundoff(dtype) -> float:
+    """``eps / 2`` of ``dtype`` (numpy or torch dtype, or its name): the relative error of one
+    rounding to nearest."""
+    name = str(dtype).split(".")[-1]
+    if name == "bfloat16":
+        return STORAGE_EPS["bfloat16"] / 2
+    return float(np.finfo(np.dtype(name)).eps) / 2
+
+
+def matmul_tolerance(x, D, dtype) -> float:
+    """Per-element bound for ``x @ D.T`` computed in ``dtype`` (any summation order).
+
+    ``|fl(x D^T) - x D^T|_ij <= gamma_k sum_l |x_il| |D_jl| <= (k + 2) eps ||x_i||_2 ||D_j||_2``
+    (Higham, Thm 3.5, and Cauchy-Schwarz), ``k`` the inner length; ``+2`` covers rounding the
+    entries of ``D`` and adding a bias.  Doubled for float64 (the float64 oracle's own sum).
+    """
+    x = np.asarray(x, dtype=np.float64).reshape(-1, np.shape(x)[-1])
+    D = np.asarray(D, dtype=np.float64)
+    k = x.shape[1]
+    eps = float(np.finfo(np.dtype(dtype)).eps)
+    if np.dtype(dtype) == np.float64:
+        eps *= 2.0
+    if not x.size or not D.size:
+        return 0.0
+    return (k + 2) * eps * float(row_norms(x).max()) * float(row_norms(D).max())
+
+
+def block_circulant_stage_error(b: int, blocks_in: int, dtype) -> float:
+    """Normwise relative error of one block-circulant product ``u -> C(w) u`` by transforms.
+
+    ``||fl(C u) - C u||_2 <= rho * ||C(w)||_F ||u||_2`` with ``rho = 3 r + (blocks_in + 2) eps``
+    (``r`` = `fft_relative_error` of length ``b``): the derivation of
+    `adapter_update_tolerance` per output block, summed over the output blocks in 2-norm, with
+    ``sqrt(b) ||w||_F = ||C(w)||_F`` (every kernel entry appears ``b`` times in ``C``).
+    """
+    eps = float(np.finfo(np.dtype(dtype)).eps)
+    return 3 * fft_relative_error(b, dtype) + (blocks_in + 2) * eps
+
+
+__all__ += ["circulant_diagonal_params_oracle", "circulant_diagonal_gradient_oracle",
+            "circulant_diagonal_factor_norms", "circulant_diagonal_chain_error"]
+
+
+def circulant_diagonal_params_oracle(p):
+    """`circulant_diagonal_dense_oracle` of a dict of CirculantDiagonalAdapter tensors
+    (``cd_left``, ``cd_kernel``, ``cd_right`` and, for more than one factor,
+    ``cd_inner_kernel`` / ``cd_inner_diag`` stacked along their first axis)."""
+    inner = len(p.get("cd_inner_kernel", ()))
+    return circulant_diagonal_dense_oracle(p["cd_left"], p["cd_kernel"], p["cd_right"],
+                                           [p["cd_inner_kernel"][j] for j in range(inner)],
+                                           [p["cd_inner_diag"][j] for j in range(inner)])
+
+
+def circulant_diagonal_gradient_oracle(p, attr, G):
+    """``d/dP sum(G * M)`` for the tensor ``attr`` of `circulant_diagonal_params_oracle`'s M.
+
+    M is linear in each factor (each appears once in the product), so entry k is
+    ``sum(G * M(factor <- e_k))`` with every other factor as it is (for the stacked inner
+    tensors, the other slices too): the gradient from the dense oracle alone, one oracle
+    evaluation per entry.  ``G`` is ``d loss / d M``, e.g. ``sum_t g_t x_t^T``.
+    """
+    P = np.asarray(p[attr], dtype=np.float64)
+    stacked = attr in ("cd_inner_kernel", "cd_inner_diag")
+    grad = np.zeros(P.shape)
+    for k in np.ndindex(P.shape):
+        unit = P.copy() if stacked else np.zeros(P.shape)
+        if stacked:
+            unit[k[0]] = 0.0                       # only factor k[0] becomes the unit
+        unit[k] = 1.0
+        grad[k] = np.sum(G * circulant_diagonal_params_oracle(dict(p, **{attr: unit})))
+    return grad
+
+
+def circulant_diagonal_factor_norms(p) -> dict:
+    """Operator-norm bounds of the factors: ``||C||_F`` of each circulant, ``max|D|`` of each
+    diagonal, keyed by tensor name (``(name, j)`` for the stacked inner ones).  Their product
+    bounds ``||M||_2``."""
+    norms = {"cd_kernel": np.linalg.norm(block_circulant_matrix_oracle(p["cd_kernel"])),
+             "cd_left": np.abs(p["cd_left"]).max(), "cd_right": np.abs(p["cd_right"]).max()}
+    for j, k in enumerate(p.get("cd_inner_kernel", ())):
+        norms[("cd_inner_kernel", j)] = np.linalg.norm(block_circulant_matrix_oracle(k))
+        norms[("cd_inner_diag", j)] = np.abs(p["cd_inner_diag"][j]).max()
+    return {k: float(v) for k, v in norms.items()}
+
+
+def circulant_diagonal_chain_error(b: int, blocks_in: int, factors: int, dtype) -> float:
+    """Relative normwise error of a computed chain ``D_0 C_1 D_1 ... C_m D_m u``: every
+    circulant factor's `block_circulant_stage_error` and one rounding per diagonal scaling,
+    each carried to the output by the operator norms of the other factors (first order), so
+    ``||err||_2 <= this * prod(factor norms) * ||u||_2``."""
+    eps = float(np.finfo(np.dtype(dtype)).eps)
+    return factors * block_circulant_stage_error(b, blocks_in, dtype) + (factors + 1) * eps

@@ -19,18 +19,17 @@ import numpy as np
 import pytest
 
 from cuda_emulation.emulator import (EmulatedModule, EmulationError, KernelLaunchError,
-                                     build_module, gxx_unavailable_reason)
+                                     build_module)
 from oracles import (STORAGE_EPS, assert_close, bfloat16_bits_oracle, bfloat16_value_oracle,
                      block_circulant_matrix_oracle, complex_pair_product_oracle,
                      full_spectrum_norm, pack_complex, packed_irfft_oracle, packed_rfft_oracle,
-                     row_norms, scale_factor, storage_round_oracle, tolerance,
+                     round_trip_tolerance, row_norms, scale_factor, storage_round_oracle,
+                     tolerance,
                      unpack_to_complex)
 
-pytestmark = [
-    pytest.mark.cuda_emulated,
-    pytest.mark.skipif(gxx_unavailable_reason() is not None,
-                       reason=f"CUDA emulation: {gxx_unavailable_reason()}"),
-]
+# g++ >= 12: skipped without it, failed under CI=true (conftest.py's ``gxx`` fixture runs
+# before the session fixtures below build anything).
+pytestmark = [pytest.mark.cuda_emulated, pytest.mark.usefixtures("gxx")]
 
 SELFTEST_SOURCE = Path(__file__).resolve().parent / "cuda_emulation" / "kernels" / "shim_selftest.cu"
 SELFTEST_KERNELS = ("block_sum<float>", "block_sum<double>", "smem_reverse", "smem_peek",
@@ -472,7 +471,8 @@ def test_rdfft_rows_half_storage_round_trip(project, storage, n):
     # spectrum (through the inverse, norm-wise) plus one rounding of the result.
     eps_s = STORAGE_EPS[storage]
     atol = (eps_s * float(np.max(full_spectrum_norm(spec))) / math.sqrt(n) * 2
-            + 0.5 * eps_s * np.abs(x_in) + tolerance(n, np.float32, float(np.max(row_norms(x_in)))))
+            + 0.5 * eps_s * np.abs(x_in)
+            + round_trip_tolerance(n, np.float32, float(np.max(row_norms(x_in)))))
     assert_close(back, x_in, atol, f"round trip n={n} {storage}")
 
 
@@ -702,7 +702,7 @@ def test_bc_accumulate_vs_dense(project, storage, shape, transpose):
     bound = pack_complex(bound * (1 + 1j), b)
     eps_c = float(np.finfo(STORAGE[storage][3]).eps)
     atol = ((q + 3) * eps_c * bound
-            + tolerance(b, np.float64, float(np.max(row_norms(y_t)))) * math.sqrt(q * b))
+            + tolerance(b, np.float64, float(np.max(row_norms(y_t)))) * math.sqrt(q))
     if storage in STORAGE_EPS:
         atol = atol + 0.5 * STORAGE_EPS[storage] * np.abs(expected) + 2.0**-24
     assert_close(from_storage(Y, storage), expected, atol, f"shape={shape}")

@@ -29,11 +29,14 @@ import traceback
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-dist = pytest.importorskip("torch.distributed")
+from conftest import require, require_tool
+
+torch = require("torch")
+dist = require("torch.distributed")
 
 if not dist.is_available() or not dist.is_gloo_available():  # pragma: no cover
-    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+    # CI's torch (Linux CPU wheel) has gloo: fail there instead of skipping
+    require_tool("torch.distributed with gloo is not available", "torch.distributed (gloo)")
 
 import circfft.nn as cnn  # noqa: E402
 

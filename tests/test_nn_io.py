@@ -19,10 +19,12 @@ import warnings
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
-st = pytest.importorskip("safetensors.torch")
+from conftest import require
+
+torch = require("torch")
+transformers = require("transformers")
+peft = require("peft")
+st = require("safetensors.torch")
 
 from oracles import (assert_close, block_circulant_matrix_oracle,  # noqa: E402
                      c3a_kernel_to_first_column, fourierft_dense_oracle, tolerance)

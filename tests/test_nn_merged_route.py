@@ -4,7 +4,8 @@ A layer with one pending adapter on a plain float32 ``nn.Linear`` / ``Conv1D`` c
 ``x (W + dW)^T + bias`` (``circfft::block_circulant_linear`` / ``circfft::fourierft_linear``),
 with the kernel / spectrum gradients computed without forming ``gy^T x`` where cheaper.  These
 tests compare it with float64 dense oracles (tests/oracles.py) on a base layer with non-zero
-weight and bias, check when it is (not) taken, and what it saves for backward.
+weight and bias (both routes against the oracle, never against each other), check when it is
+(not) taken, and what it saves for backward.
 """
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ import math
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import require
 
-from oracles import (assert_close, block_circulant_fold_oracle,  # noqa: E402
-                     block_circulant_matrix_oracle, fourierft_dense_oracle, tolerance)
+torch = require("torch")
+
+from oracles import (adapter_update_tolerance, assert_close,  # noqa: E402
+                     block_circulant_fold_oracle, block_circulant_matrix_oracle,
+                     fft_relative_error, fourierft_dense_oracle, fourierft_grad_tolerance,
+                     fourierft_matmul_tolerance, matmul_tolerance, row_norms)
 
 import circfft  # noqa: E402
 import circfft.nn as cnn  # noqa: E402
@@ -58,22 +63,33 @@ def _inputs(d_in, gen, tokens=9):
     return torch.cat([torch.stack(rows).float(), rand]).reshape(1, tokens, d_in)
 
 
-def _matmul_atol(a, B):
-    """float32 ``a @ B.T`` (plus a bias and the float32 rounding of ``B``'s entries): per
-    element at most ``(k + 2) eps ||a_row||_2 ||B_row||_2`` (k = inner length, Cauchy-Schwarz
-    on the sum of |a_j B_ij|), doubled for the build of ``B``'s update by transforms."""
+def _merged_atol(a, Weff, build, bias=None):
+    """float32 ``a @ Weff.T (+ bias)`` where the merged weight was built with a per-entry error
+    ``build`` and rounded once: `matmul_tolerance` of the product, plus the build and the
+    rounding carried by ``sum_j |a_j|`` (and one rounding of the bias)."""
     a = a.reshape(-1, a.shape[-1])
-    k = a.shape[1]
-    return 2 * (k + 2 + 4 * math.log2(max(B.size, 2))) * EPS32 * (
-        np.linalg.norm(a, axis=1).max() * np.linalg.norm(B, axis=1).max() + 1.0)
+    built = float(np.max(build + EPS32 * np.abs(Weff)))
+    return (matmul_tolerance(a, Weff, np.float32) + built * float(np.abs(a).sum(axis=1).max())
+            + (EPS32 * np.abs(bias) if bias is not None else 0.0))
 
 
-def _grad_atol(g, x, scale_norm):
-    """Entry of a gradient summed over tokens: ``sum_t g_t x_t`` products, |.| <= T max|g||x|."""
+def _circulant_build(s, w64):
+    """The merged route adds ``s * C(w)`` by a gather of ``s w`` (one rounding per entry)."""
+    return EPS32 * np.abs(s * block_circulant_matrix_oracle(w64))
+
+
+def _fourierft_build(D):
+    """FourierFT's ``dW`` from one 2-d transform: ``r ||dW||_F`` (normwise) per entry."""
+    return fft_relative_error(D.size, np.float32) * np.linalg.norm(D) + EPS32 * np.abs(D)
+
+
+def _kernel_grad_atol(g, x, s, b):
+    """``s sum_t corr(g_t, x_t)`` by transforms: per token the three transforms of a circular
+    correlation (``3 r sqrt(b) ||g_t|| ||x_t||``), the sum over the T tokens and the scale."""
     g, x = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
-    n = g.shape[1] * x.shape[1]
-    return 3 * scale_norm * tolerance(n, np.float32, 1.0) * len(x) * float(
-        np.linalg.norm(g, axis=1).max() * np.linalg.norm(x, axis=1).max())
+    pairs = float((row_norms(g) * row_norms(x)).sum())
+    return abs(s) * math.sqrt(b) * (3 * fft_relative_error(b, np.float32)
+                                    + (len(x) + 2) * EPS32) * pairs
 
 
 def _run(layer, x, gen):
@@ -101,13 +117,14 @@ def _check_circulant_merged_route(kind, d_in, d_out, b):
     w = layer.circ_kernel["default"]
     x, y, g = _run(layer, _inputs(d_in, gen), gen)
     Weff = W + 0.37 * block_circulant_matrix_oracle(_np(w))
+    build = _circulant_build(0.37, _np(w))
     x64, g64 = _np(x).reshape(-1, d_in), _np(g).reshape(-1, d_out)
-    assert_close(_np(y).reshape(-1, d_out), x64 @ Weff.T + bias, _matmul_atol(x64, Weff),
-                 "forward")
-    assert_close(_np(x.grad).reshape(-1, d_in), g64 @ Weff, _matmul_atol(g64, Weff.T),
-                 "grad x")
+    assert_close(_np(y).reshape(-1, d_out), x64 @ Weff.T + bias,
+                 _merged_atol(x64, Weff, build, bias), "forward")
+    assert_close(_np(x.grad).reshape(-1, d_in), g64 @ Weff,
+                 _merged_atol(g64, Weff.T, build.T), "grad x")
     gw = 0.37 * block_circulant_fold_oracle(g64.T @ x64, b)
-    assert_close(_np(w.grad), gw, _grad_atol(g64, x64, 0.37), "grad kernel")
+    assert_close(_np(w.grad), gw, _kernel_grad_atol(g64, x64, 0.37, b), "grad kernel")
     assert base.weight.grad is None
 
 
@@ -129,37 +146,78 @@ def _check_fourierft_merged_route(kind, d_in, d_out, n):
     x, y, g = _run(layer, _inputs(d_in, gen), gen)
     D = fourierft_dense_oracle(_np(spec), rows, cols, d_out, d_in, 15.0)
     Weff = W + D
+    build = _fourierft_build(D)
     x64, g64 = _np(x).reshape(-1, d_in), _np(g).reshape(-1, d_out)
-    assert_close(_np(y).reshape(-1, d_out), x64 @ Weff.T + bias, _matmul_atol(x64, Weff),
-                 "forward")
-    assert_close(_np(x.grad).reshape(-1, d_in), g64 @ Weff, _matmul_atol(g64, Weff.T),
-                 "grad x")
+    assert_close(_np(y).reshape(-1, d_out), x64 @ Weff.T + bias,
+                 _merged_atol(x64, Weff, build, bias), "forward")
+    assert_close(_np(x.grad).reshape(-1, d_in), g64 @ Weff,
+                 _merged_atol(g64, Weff.T, build.T), "grad x")
     G = g64.T @ x64
     u, v = np.meshgrid(np.arange(d_out), np.arange(d_in), indexing="ij")
     gf = np.array([15.0 * np.sum(G * np.cos(2 * np.pi * (u * rows[k] / d_out
                                                          + v * cols[k] / d_in)))
                    / (d_in * d_out) for k in range(n)])
-    assert_close(_np(spec.grad), gf, _grad_atol(g64, x64, 15.0 / math.sqrt(d_in * d_out)),
+    assert_close(_np(spec.grad), gf,
+                 fourierft_grad_tolerance(g64, x64, d_out, d_in, 15.0, np.float32),
                  "grad spectrum")
+
+
+def _oracle(layer, W, bias, x64, g64):
+    """Forward, grad x and adapter gradient of ``layer`` on a base ``W``, ``bias`` from the
+    float64 oracles, with their float32 bounds on either route (the separate route: the base
+    product, the update's transforms; the merged route: the product with the built weight)."""
+    d_out, d_in = W.shape
+    if isinstance(layer, cnn.CirculantAdapter):
+        w64, s, b = _np(layer.circ_kernel["default"]), layer.scale("default"), \
+            layer.configs["default"].block_size
+        D = s * block_circulant_matrix_oracle(w64)
+        build = _circulant_build(s, w64)
+        grad = s * block_circulant_fold_oracle(g64.T @ x64, b)
+        grad_atol = _kernel_grad_atol(g64, x64, s, b)
+        # the separate route's update by transforms
+        upd = adapter_update_tolerance(b, np.float32, s, w64, x64)
+        upd_g = adapter_update_tolerance(b, np.float32, s, w64.transpose(1, 0, 2), g64)
+    else:
+        rows, cols = (_np(t).astype(int) for t in layer.positions("default"))
+        f64, sc = _np(layer.fourierft_spectrum["default"]), layer.configs["default"].scaling
+        D = fourierft_dense_oracle(f64, rows, cols, d_out, d_in, sc)
+        build = _fourierft_build(D)
+        G = g64.T @ x64
+        u, v = np.meshgrid(np.arange(d_out), np.arange(d_in), indexing="ij")
+        grad = np.array([sc * np.sum(G * np.cos(2 * np.pi * (u * r / d_out + v * c / d_in)))
+                         / (d_in * d_out) for r, c in zip(rows, cols)])
+        grad_atol = fourierft_grad_tolerance(g64, x64, d_out, d_in, sc, np.float32)
+        upd = fourierft_matmul_tolerance(f64, x64, d_out, d_in, sc, np.float32)
+        upd_g = fourierft_matmul_tolerance(f64, g64, d_in, d_out, sc, np.float32)
+    Weff = W + D
+    y_atol = (_merged_atol(x64, Weff, build, bias) + matmul_tolerance(x64, W, np.float32)
+              + upd + EPS32 * np.abs(x64 @ Weff.T + bias))
+    gx_atol = (_merged_atol(g64, Weff.T, build.T) + matmul_tolerance(g64, W.T, np.float32)
+               + upd_g + EPS32 * np.abs(g64 @ Weff))
+    return ((x64 @ Weff.T + bias, y_atol), (g64 @ Weff, gx_atol), (grad, grad_atol))
 
 
 @pytest.mark.parametrize("make", [
     lambda base: cnn.CirculantAdapter(base, 4, init="normal"),
     lambda base: cnn.FourierFTAdapter(base, n_frequency=30)])
-def test_merged_and_separate_routes_agree(make):
+def test_merged_and_separate_routes_both_match_the_oracle(make):
+    """Both routes on the same layer, each against the float64 oracle (not each other)."""
     gen = torch.Generator().manual_seed(8)
-    base, W, _ = _base("linear", 16, 12, True, gen)
+    base, W, bias = _base("linear", 16, 12, True, gen)
     layer = make(base)
     x = _inputs(16, gen)
-    outs = []
     for route in ("merged", "separate"):
         layer.zero_grad(set_to_none=True)
         with circfft.config(adapter_route=route):
+            assert _route_used(layer, x) == (route == "merged")
             xx, y, g = _run(layer, x, torch.Generator().manual_seed(9))
         p = next(p for p in layer.parameters() if p.requires_grad)
-        outs.append((_np(y), _np(xx.grad), _np(p.grad)))
-    for a, b, what in zip(outs[0], outs[1], ("forward", "grad x", "grad adapter")):
-        assert_close(a, b, 64 * EPS32 * (np.abs(b).max() + np.abs(W).max() * 16), what)
+        x64, g64 = _np(xx).reshape(-1, 16), _np(g).reshape(-1, 12)
+        expected = _oracle(layer, W, bias, x64, g64)
+        for got, (want, atol), what in zip((_np(y).reshape(-1, 12), _np(xx.grad).reshape(-1, 16),
+                                            _np(p.grad)), expected,
+                                           ("forward", "grad x", "grad adapter")):
+            assert_close(got, want, atol, f"{route}: {what}")
 
 
 def _route_used(layer, x):
@@ -230,14 +288,14 @@ def test_chunked_gradients_and_empty_input(make):
     layer = make(base)
     p = next(p for p in layer.parameters() if p.requires_grad)
     x = _inputs(16, gen)
-    grads = []
     for chunk in (circfft.get_config().chunk_elements, 1):
         layer.zero_grad(set_to_none=True)
         # fourierft_grad="gather": the chunked gather path
         with circfft.config(chunk_elements=chunk, fourierft_grad="gather"):
-            _run(layer, x, torch.Generator().manual_seed(3))
-        grads.append(_np(p.grad))
-    assert_close(grads[1], grads[0], 64 * EPS32 * np.abs(grads[0]).max(), "chunked")
+            xx, y, g = _run(layer, x, torch.Generator().manual_seed(3))
+        grad, atol = _oracle(layer, W, np.zeros(12) + _np(base.bias), _np(xx).reshape(-1, 16),
+                             _np(g).reshape(-1, 12))[2]
+        assert_close(_np(p.grad), grad, atol, f"chunk_elements={chunk}")
     layer.zero_grad(set_to_none=True)
     xe = torch.zeros(0, 16, requires_grad=True)
     y = layer(xe)

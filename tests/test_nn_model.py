@@ -4,15 +4,18 @@ Models are tiny transformers built from configs (never downloaded).
 """
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from conftest import require
 
-from oracles import assert_close  # noqa: E402
+torch = require("torch")
+transformers = require("transformers")
+
+from oracles import assert_close, matmul_tolerance  # noqa: E402
+from _adapter_checks import (base_weight, check_layer_output, delta_atol,  # noqa: E402
+                             oracle_delta, record_layer_io)
 
 import circfft.nn as cnn  # noqa: E402
 from circfft.nn.layers import AdapterLayer  # noqa: E402
@@ -145,7 +148,6 @@ def test_target_none_and_modules_to_save():
 def test_second_adapter_name_adds_to_wrapped_layers():
     model = _bert()
     ids = _ids()
-    base = copy.deepcopy(model)
     cnn.inject(model, cnn.CirculantConfig(block_size=16, target_modules=["query"],
                                           init="normal"))
     cnn.inject(model, cnn.CirculantConfig(block_size=8, target_modules=["query", "key"],
@@ -156,21 +158,58 @@ def test_second_adapter_name_adds_to_wrapped_layers():
                                                                                   "second"]
     assert sorted(wrapped["encoder.layer.0.attention.self.key"].configs) == ["second"]
     assert set(model.circfft_adapters) == {"default", "second"}
-    # Both summed: the model equals the base model with both deltas merged into its weights.
-    merged = copy.deepcopy(base)
-    with torch.no_grad():
-        for name, layer in wrapped.items():
-            w = merged.get_submodule(name).weight
-            for a in layer.configs:
-                w += layer.delta_weight(a)
-    y, y_ref = _out(model, ids), _out(merged, ids)
-    assert_close(y.detach().numpy(), y_ref.detach().numpy(),
-                 64 * 64 * EPS32 * float(y_ref.detach().abs().max()))
+    # Both summed: every wrapped layer computes x (W + dW_default + dW_second)^T + b (the
+    # oracle's deltas) on the activations it receives in the model, within the derived bound.
+    with record_layer_io(model) as seen:
+        _out(model, ids)
+    assert sorted(seen) == sorted(wrapped)
+    for name, layer in wrapped.items():
+        assert layer.active_adapters == sorted(layer.configs)
+        check_layer_output(layer, *seen[name], what=name)
     cnn.set_adapter(model, "second")
     assert q.active_adapters == ["second"]
     assert not q.circ_kernel["default"].requires_grad and q.circ_kernel["second"].requires_grad
     with pytest.raises(ValueError, match="not in the model"):
         cnn.set_adapter(model, ["third"])
+
+
+def _check_and_expect_merge(wrapped, seen):
+    """Check every adapted layer's recorded output against the oracle; return, per layer, what
+    merging must give -- the oracle's ``W + dW`` in the stored orientation and its bound (the
+    delta's build error and one float32 rounding of the sum) -- and the adapted output's
+    bound."""
+    expected = {}
+    assert sorted(seen) == sorted(wrapped)
+    for name, layer in wrapped.items():
+        _, adapted_atol = check_layer_output(layer, *seen[name], what=name)
+        W, D = base_weight(layer), oracle_delta(layer)
+        atol = delta_atol(layer) + EPS32 * (np.abs(W + D) + np.abs(D))
+        if layer.fan_in_fan_out:
+            W, D, atol = W.T, D.T, np.transpose(atol)
+        expected[name] = (W + D, atol, adapted_atol)
+    return expected
+
+
+def _check_merged_layers(plain, expected, seen):
+    """After merge_and_unload: each merged weight is the oracle's W + dW to its bound, and the
+    plain layer fed the activations the adapted layer received gives the adapted layer's
+    recorded output, within the sum of the bounds: its own float32 product, the merged
+    weight's distance to the oracle (carried by ``sum |x|``) and the adapted output's bound
+    against the same oracle."""
+    for name, (w_expected, atol, adapted_atol) in expected.items():
+        module = plain.get_submodule(name)
+        assert type(module).__name__ in ("Linear", "Conv1D"), name
+        w = module.weight.detach().double().numpy()
+        assert_close(w, w_expected, atol, f"merged weight {name}")
+        x64, y_adapted = seen[name]
+        with torch.no_grad():
+            y_plain = module(torch.from_numpy(x64).float()).double().numpy()
+        w_out_in = w.T if type(module).__name__ == "Conv1D" else w
+        exact = x64 @ w_out_in.T + module.bias.detach().double().numpy()
+        prod = matmul_tolerance(x64, w_out_in, np.float32) + EPS32 * np.abs(exact)
+        shift = float(np.abs(atol).max()) * float(np.abs(x64).sum(axis=1).max())
+        assert_close(y_plain, y_adapted, prod + shift + adapted_atol,
+                     f"merged layer {name} vs the adapted one")
 
 
 def test_merge_and_unload_gives_plain_model_with_same_outputs():
@@ -180,7 +219,10 @@ def test_merge_and_unload_gives_plain_model_with_same_outputs():
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     cnn.inject(model, cnn.CirculantConfig(block_size=16, target_modules=["query", "dense"],
                                           init="normal", scale="block"))
-    y = _out(model, ids).detach()
+    with record_layer_io(model) as seen:
+        y = _out(model, ids).detach()
+    wrapped = _wrapped(model)
+    expected = _check_and_expect_merge(wrapped, seen)
     plain = cnn.merge_and_unload(model)
     assert plain is model
     assert not _wrapped(plain) and not hasattr(plain, "circfft_adapters")
@@ -188,10 +230,8 @@ def test_merge_and_unload_gives_plain_model_with_same_outputs():
     assert now.keys() == originals.keys()
     assert all(now[n] is originals[n] for n in now)
     assert {n: p.requires_grad for n, p in plain.named_parameters()} == flags
-    y2 = _out(plain, ids)
-    # Merged vs separate: per layer one rounding of W + dW and a reordered sum of 64-128 terms,
-    # carried through two layers with LayerNorms (which renormalise).
-    assert_close(y2.detach().numpy(), y.numpy(), 128 * 64 * EPS32 * float(y.abs().max()))
+    _check_merged_layers(plain, expected, seen)
+    assert _out(plain, ids).shape == y.shape
 
 
 def test_unload_restores_weights_exactly():
@@ -232,12 +272,13 @@ def test_gpt2_conv1d_injection_and_merge():
         assert layer.fan_in_fan_out and layer.in_features == 64
     attn = wrapped["h.0.attn.c_attn"]
     assert attn.out_features == 192 and attn.circ_kernel["default"].shape == (6, 2, 32)
-    y = _out(model, ids).detach()
+    with record_layer_io(model) as seen:
+        y = _out(model, ids).detach()
     assert not torch.allclose(y, y0)
+    expected = _check_and_expect_merge(wrapped, seen)
     plain = cnn.merge_and_unload(model)
     assert type(plain.h[0].attn.c_attn).__name__ == "Conv1D"
-    assert_close(_out(plain, ids).detach().numpy(), y.numpy(),
-                 256 * 64 * EPS32 * float(y.abs().max()))
+    _check_merged_layers(plain, expected, seen)
 
 
 # ---------------------------------------------------------------------------------------------

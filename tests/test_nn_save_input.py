@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import require
+
+torch = require("torch")
 
 from circfft.nn import functional as F  # noqa: E402
 from _autograd_spy import saved_tensors  # noqa: E402

@@ -112,6 +112,34 @@ def test_overwrite_x(fn, backend, dtype, rng):
 
 
 @pytest.mark.parametrize("fn", FUNCS)
+@pytest.mark.parametrize("layout", ["F", "strided", "negative", "axis0"])
+def test_overwrite_x_on_views(fn, layout, backend, dtype, rng):
+    """overwrite_x=True on non-contiguous x: the values are right whichever buffer holds them;
+    if x's buffer is used, only x's own elements change (the NaN padding of its parent stays),
+    and otherwise x is left alone."""
+    axis = 0 if layout == "axis0" else -1
+    parent = np.full((10, 70), np.nan, dtype=dtype)
+    index = {"F": (slice(0, 5), slice(0, 32)), "strided": (slice(1, 9, 2), slice(2, 66, 2)),
+             "negative": (slice(8, 0, -2), slice(65, 1, -2)),
+             "axis0": (slice(1, 9), slice(3, 8))}[layout]
+    parent[index] = rng.standard_normal(parent[index].shape)
+    if layout == "F":
+        parent = np.asfortranarray(parent)
+    x = parent[index]
+    clone = x.copy()
+    padding = np.isnan(parent)
+    result = getattr(circfft, fn)(x, axis=axis, overwrite_x=True, backend=backend)
+    ref, tol = reference(fn, clone, axis=axis)
+    assert result.dtype == dtype and result.shape == clone.shape
+    assert_close(result, ref, tol)
+    assert np.isnan(parent[padding]).all(), "written outside x"
+    if np.shares_memory(result, parent):
+        np.testing.assert_array_equal(x, result)      # x's own elements hold the result
+    else:
+        np.testing.assert_array_equal(x, clone)       # x untouched
+
+
+@pytest.mark.parametrize("fn", FUNCS)
 @pytest.mark.parametrize("in_dtype,out_dtype", [
     (np.int8, np.float64), (np.int16, np.float64), (np.int32, np.float64),
     (np.int64, np.float64), (np.uint8, np.float64), (np.uint32, np.float64),

@@ -1,21 +1,54 @@
 """Random shapes, axes and strides (hypothesis): non-contiguous views, negative strides,
 transposes, and in-place transforms of such views (out=x) that must touch exactly the view's
-memory and nothing else of the base array."""
+memory and nothing else of the base array.
+
+Every size class of the kernels is covered: short rows (odd and even log2 of the half length:
+the numba kernels then end on a radix-2 stage or not), rows up to ``2**16`` that numba
+transforms many at a time in SIMD lanes (16 float32 / 8 float64 rows; row counts that are not
+multiples of that), rows beyond ``2**16`` (one lane, scratch of two rows) and non-powers of two
+(numpy.fft inside circfft).  Hypothesis draws the short and medium lengths; the long ones are a
+few explicit examples (``@example``) so the run time stays modest.
+"""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import circfft
 from oracles import (assert_close, full_spectrum_norm, packed_irfft_oracle, packed_rfft_oracle,
                      row_norms, tolerance)
 
-# Short lengths keep numba on one lane count per dtype (one compile per memory layout).
-LENGTHS = [1, 2, 3, 4, 5, 6, 8, 12, 15, 16, 32, 64, 100, 128]
+#: Lengths hypothesis draws: powers of two with both parities of log2(n/2), up to 4096 (many
+#: numba lanes), and non-powers of two (numpy.fft), prime ones included.
+LENGTHS = [1, 2, 3, 4, 5, 6, 8, 12, 15, 16, 32, 64, 100, 128, 243, 256, 512, 1000, 1009, 1024,
+           2048, 4096]
+
+
+def build_case(dtype, axis, shape, steps, starts, pads, seed, fortran, perm):
+    """``(base, make_view, view_axis)``: a random base array and a function giving the view of
+    shape ``shape`` (before the transposition ``perm``) with the given starts, steps (+-) and
+    extra base padding; ``view_axis`` is the transformed axis of the transposed view."""
+    ndim = len(shape)
+    base_shape = [start + abs(step) * (length - 1) + 1 + pad
+                  for start, step, length, pad in zip(starts, steps, shape, pads)]
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal(base_shape).astype(dtype)
+    if fortran:
+        base = np.asfortranarray(base)
+    index = tuple(slice(start, start + abs(step) * (length - 1) + 1, abs(step))
+                  for start, step, length in zip(starts, steps, shape))
+    flips = tuple(slice(None, None, -1) if s < 0 else slice(None) for s in steps)
+
+    def transposed(a):
+        return np.transpose(a[index][flips], perm)
+
+    view_axis = list(perm).index(axis % ndim)
+    return base, transposed, view_axis
 
 
 @st.composite
 def strided_views(draw):
-    """A base array and a view of it with random offsets, steps (+-), and axis order."""
+    """The arguments of `build_case` for a base array and a view of it with random offsets,
+    steps (+-), and axis order (the arrays are built in the test, fresh for every run)."""
     ndim = draw(st.integers(1, 3))
     dtype = np.dtype(draw(st.sampled_from([np.float32, np.float64])))
     axis = draw(st.integers(-ndim, ndim - 1))
@@ -23,32 +56,36 @@ def strided_views(draw):
     shape[axis] = draw(st.sampled_from(LENGTHS))
     steps = [draw(st.sampled_from([1, 1, 2, 3, -1, -2])) for _ in range(ndim)]
     starts = [draw(st.integers(0, 2)) for _ in range(ndim)]
-    base_shape = [start + abs(step) * (length - 1) + 1 + draw(st.integers(0, 2))
-                  for start, step, length in zip(starts, steps, shape)]
+    pads = [draw(st.integers(0, 2)) for _ in range(ndim)]
     seed = draw(st.integers(0, 2**32 - 1))
-    rng = np.random.default_rng(seed)
-    base = rng.standard_normal(base_shape).astype(dtype)
-    if draw(st.booleans()):                      # Fortran-ordered base
-        base = np.asfortranarray(base)
-    index = []
-    for start, step, length in zip(starts, steps, shape):
-        sl = slice(start, start + abs(step) * (length - 1) + 1, abs(step))
-        index.append(sl)
-    index = tuple(index)
-
-    def view_of(a):
-        v = a[index]
-        flips = tuple(slice(None, None, -1) if s < 0 else slice(None) for s in steps)
-        return v[flips]
-
+    fortran = draw(st.booleans())                # Fortran-ordered base
     perm = draw(st.permutations(range(ndim)))
-    # axis refers to the view after transposition
-    view_axis = list(perm).index(axis % ndim)
+    return (dtype, axis, shape, steps, starts, pads, seed, fortran, tuple(perm))
 
-    def transposed(a):
-        return np.transpose(view_of(a), perm)
 
-    return base, transposed, view_axis
+#: Long rows as explicit examples: many lanes with a partial lane group (19 rows, 2**16 and
+#: 2**15 with both parities of log2(n/2)), one lane beyond 2**16 (2**17, 2**18), long
+#: non-powers of two (3 * 2**14, a prime), and a few medium lengths in both dtypes, with
+#: negative steps, transposes and Fortran bases.
+LONG_CASES = [
+    (np.float32, 1, [19, 2**16], [1, -1], [1, 0], [0, 1], 1, False, (0, 1)),
+    (np.float64, 1, [3, 2**15, 3], [2, 2, -1], [0, 1, 1], [1, 0, 0], 2, False, (2, 0, 1)),
+    (np.float64, 1, [9, 2**15], [-1, 1], [0, 0], [0, 0], 3, True, (1, 0)),
+    (np.float64, 1, [2, 2**17], [1, -1], [1, 1], [0, 2], 4, False, (0, 1)),
+    (np.float32, 0, [2**18, 2], [-2, 1], [1, 0], [0, 1], 5, False, (0, 1)),
+    (np.float32, 1, [3, 3 * 2**14], [1, 2], [0, 1], [1, 0], 6, True, (1, 0)),
+    (np.float64, 0, [65537, 2], [1, -1], [0, 0], [1, 0], 7, False, (1, 0)),
+    # medium lengths in both dtypes every run (hypothesis draws them only sometimes)
+    (np.float64, 1, [5, 2048], [2, -1], [1, 1], [0, 1], 8, False, (0, 1)),
+    (np.float32, 0, [4096, 3], [1, 2], [0, 0], [2, 0], 9, True, (1, 0)),
+    (np.float64, 0, [256, 17], [-1, 1], [1, 0], [0, 0], 10, False, (0, 1)),
+]
+
+
+def _with_long_examples(test):
+    for case in LONG_CASES:
+        test = example(case=case)(test)
+    return test
 
 
 def covered_mask(base, make_view):
@@ -74,8 +111,9 @@ def inverse_tol(X, axis):
 
 @pytest.mark.parametrize("direction", ["rdfft", "irdfft"])
 @given(case=strided_views())
+@_with_long_examples
 def test_strided_views_out_of_place(backend, direction, case):
-    base, make_view, axis = case
+    base, make_view, axis = build_case(*case)
     view = make_view(base)
     base0 = base.copy(order="A")
     fn = getattr(circfft, direction)
@@ -90,8 +128,9 @@ def test_strided_views_out_of_place(backend, direction, case):
 
 @pytest.mark.parametrize("direction", ["rdfft", "irdfft"])
 @given(case=strided_views())
+@_with_long_examples
 def test_strided_views_in_place(backend, direction, case):
-    base, make_view, axis = case
+    base, make_view, axis = build_case(*case)
     view = make_view(base)
     before = view.copy()
     base0 = base.copy(order="A")

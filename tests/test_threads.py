@@ -5,6 +5,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from conftest import require
+
 import circfft
 
 CASES = [(64, np.float32), (1024, np.float64), (4096, np.float32), (12, np.float64),
@@ -42,7 +44,7 @@ def test_threads_match_sequential(backend, workers, inplace):
 
 
 def test_threads_mixing_backends_and_workers():
-    pytest.importorskip("numba")
+    require("numba")
     inputs = make_inputs(99)
     jobs = [(fn, x, w, be) for x in inputs for fn in (circfft.rdfft, circfft.irdfft)
             for w in (1, 2) for be in ("numpy", "numba")]
@@ -95,7 +97,7 @@ def _numba():
 def test_numba_scratch_is_per_thread_and_kept():
     """Each Python thread keeps its own scratch pair between calls (so concurrent callers
     never share one), up to KEEP_SCRATCH_BYTES; release_scratch frees it."""
-    pytest.importorskip("numba")
+    require("numba")
     from circfft.backends import numba_backend as nb
 
     def pair_ids(n, dtype, workers):
@@ -128,7 +130,7 @@ def test_concurrent_block_circulant_backward_is_deterministic():
     the call set torch's thread count to 1 for its duration, so a concurrent call changed the
     split, and with it the rounding, and undid a user's own ``torch.set_num_threads``.)
     """
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     from circfft.nn import functional as F
 
     rng = np.random.default_rng(5)

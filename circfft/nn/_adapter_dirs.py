@@ -232,7 +232,8 @@ def _read_peft(path: Path, model) -> AdapterFile:
     for key, t in tensors.items():
         bare = _pf.split_peft_key(key, wp)
         if bare.endswith(suffix):
-            t = t.to(torch.float32) if t.is_floating_point() else t
+            # keep the file's precision (float64 stays float64); the copy into the model
+            # converts to its parameters' dtype
             if adapter_type == "circulant" and t.ndim == 3:
                 t = _pf.c3a_index_map(t)
             adapter[bare[: -len(suffix)]] = {attr: t}

@@ -171,7 +171,8 @@ def _circfft_files(config, layers, save_names, model, adapter_name):
 
 def _peft_kernel(path, layer, name, config, exact):
     """C3A kernel for adapter ``name`` of the layer at ``path`` (see :mod:`.peft_format`)."""
-    w = layer.circ_kernel[name].detach().to(torch.float32)
+    # the kernel's own dtype (float32, or float64 for float64 models), as PEFT saves it
+    w = layer.circ_kernel[name].detach()
     k = _pf.c3a_index_map(w)
     f, is_exact = _pf.c3a_fold_factor(config.scale, layer.in_features, config.block_size)
     if f == 1:
@@ -186,7 +187,7 @@ def _peft_kernel(path, layer, name, config, exact):
     k0, k = k, k * float(f)
     if exact and not (torch.isfinite(k).all() and torch.equal(k / float(f), k0)):
         raise ValueError(f"format='peft': multiplying the kernel of '{path}' by {f} to fold "
-                         f"scale={config.scale!r} into it overflows or underflows float32")
+                         f"scale={config.scale!r} into it overflows or underflows {k.dtype}")
     return k
 
 

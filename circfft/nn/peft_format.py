@@ -2,9 +2,9 @@
 
 A PEFT adapter directory holds ``adapter_config.json`` (the tuner config's fields, with
 ``peft_type``) and ``adapter_model.safetensors`` whose keys are the wrapped model's state-dict
-keys with the adapter name removed, e.g. ``base_model.model.<module path>.c3a_kernel`` (float32,
+keys with the adapter name removed, e.g. ``base_model.model.<module path>.c3a_kernel`` (float32, or float64 for a float64 model,
 shape ``(d_out/b, d_in/b, b)``), ``base_model.model.<module path>.fourierft_spectrum``
-(float32, ``(n_frequency,)``) and, for ``modules_to_save``, ``base_model.model.<module
+(the same dtype, ``(n_frequency,)``) and, for ``modules_to_save``, ``base_model.model.<module
 path>.<parameter>``.  This module only knows that format; reading, validating and writing
 directories is :mod:`circfft.nn.io`'s job.
 
