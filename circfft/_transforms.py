@@ -77,7 +77,7 @@ _NOTES = """
     Power-of-two lengths are transformed in place.  Besides the output, a call allocates
     nothing proportional to the number of rows: the plan tables of ``n`` (``1.5 n`` values of
     the dtype and ``n/2`` int32 indices, cached) and, for the compiled CPU backend, a scratch
-    of ``128 n`` bytes per worker thread for ``n <= 2**16`` and of two rows per worker beyond
+    of ``128 n`` bytes per worker thread for ``n <= 2**14`` and of two rows per worker beyond
     (so a single very long row needs about ``3.5`` times its own size while it is transformed).
     ``circfft.backends.numba_backend.release_scratch()`` frees what is kept between calls.
     Other lengths (odd ones included) give the exact result in the same layout through the

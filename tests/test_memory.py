@@ -13,7 +13,7 @@ Two independent measurements, both after a warm-up call (numba compilation, plan
 Bounds:
 
 - The documented per-thread scratch.  ``rdfft``'s docstring (Notes) promises, per worker
-  thread, ``128 * n`` bytes for ``n <= 2**16`` and two rows beyond; `documented_scratch`
+  thread, ``128 * n`` bytes for ``n <= 2**14`` and two rows beyond; `documented_scratch`
   restates that bound (written out here, not taken from the code under test).  Plus
   ``PLAN_SLACK`` (4 MiB: plan tables of O(n), interpreter noise) for RSS, 64 KiB of Python
   bookkeeping for tracemalloc.
@@ -48,7 +48,7 @@ linux_only = pytest.mark.skipif(not Path("/proc/self/status").exists()
 
 def documented_scratch(n: int, itemsize: int) -> int:
     """Per-thread scratch bound in bytes, as stated in ``circfft.rdfft``'s Notes."""
-    return 128 * n if n <= 2**16 else 2 * n * itemsize
+    return 128 * n if n <= 2**14 else 2 * n * itemsize
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Numba kernels for rows longer than 2**16: a row at a time, its decimated sub-sequences in lanes.
+"""Numba kernels for rows longer than ``MAX_LANED_N``: a row at a time, its sub-sequences in lanes.
 
 A row of ``n`` elements read as ``N = n / V`` consecutive lane vectors puts
 ``y_j[t] = x[j + V t]`` in lane ``j``: the V sub-sequences decimated by V, already in the

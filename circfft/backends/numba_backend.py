@@ -21,7 +21,7 @@ share).  Each row is computed by the same instructions in whichever lane and thr
 so results do not depend on ``workers``.
 
 Scratch per worker thread: two buffers of ``n * V`` elements, ``2 * 64 * n`` bytes (at most
-8 MiB) for ``n <= 2**16`` (the laned kernels work in the first and keep two offset tables in
+2 MiB) for ``n <= MAX_LANED_N = 2**14`` (the laned kernels work in the first and keep two offset tables in
 the second), and two rows (``2 * n`` elements) beyond; it never grows with the number of rows.
 Each calling thread keeps its last scratch (up to ``KEEP_SCRATCH_BYTES``) for its next call:
 see ``get_scratch``.  Buffers start on 64-byte boundaries.
@@ -45,8 +45,10 @@ __all__ = ["NumbaBackend"]
 #: Bytes of lanes per scratch element: 16 float32 or 8 float64 rows side by side.  The
 #: compiled kernels are written for 64-byte lane vectors; any other value is refused.
 LANE_BYTES = 64
-#: Longest row transformed with many lanes (a scratch buffer of 64 * n bytes = 4 MiB).
-MAX_LANED_N = 1 << 16
+#: Longest row transformed with many lanes (a scratch buffer of 64 * n bytes = 1 MiB).  Rows
+#: of 2**15 and 2**16 elements ran 10-40 % faster one at a time (the long-row kernels), with
+#: two rows of scratch instead of 8 MiB per worker.
+MAX_LANED_N = 1 << 14
 #: Fewest elements per worker thread: handing work to another thread costs 0.1-0.4 ms on the
 #: 2-core test machine, as much as transforming 2**18 float32 elements.
 MIN_WORK = 1 << 18
@@ -74,7 +76,7 @@ def get_scratch(n: int, dtype, workers: int) -> tuple[np.ndarray, np.ndarray]:
     A pair of at most ``KEEP_SCRATCH_BYTES`` is kept for the next call from the same thread
     (one pair per thread, so concurrent callers never share): allocated afresh, the 8 MiB per
     worker of n = 65536 came back from the kernel as about 2,000 new zeroed pages on every
-    call, 10-15 % of the transform's time.  Larger pairs (one-lane rows beyond 2**16, where
+    call, 10-15 % of the transform's time.  Larger pairs (long rows, where
     the faults are a small part of the work) are freed after the call.
     :func:`release_scratch` frees the kept pair.
     """
