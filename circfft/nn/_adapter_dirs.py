@@ -14,7 +14,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
 
 from . import model as _model
 from . import peft_format as _pf

@@ -18,7 +18,7 @@ from .config import AdapterConfig
 
 __all__ = ["AdapterLayer", "SUPPORTED_BASE_TYPES", "base_layer_shape", "is_supported_base",
            "valid_block_sizes", "compute_dtype", "block_size_error", "fft_flops",
-           "check_adapter_name"]
+           "check_adapter_name", "where"]
 
 #: Human-readable names of the module types an adapter can wrap.
 SUPPORTED_BASE_TYPES = ("torch.nn.Linear", "transformers.pytorch_utils.Conv1D")
@@ -78,6 +78,11 @@ def block_size_error(b, in_features, out_features, where):
 # ---------------------------------------------------------------------------------------------
 # Functional helpers
 # ---------------------------------------------------------------------------------------------
+def where(name: str) -> str:
+    """`` of layer '<name>'`` for messages (empty for an unnamed layer)."""
+    return f" of layer '{name}'" if name else ""
+
+
 def check_adapter_name(name, what: str = "adapter_name") -> str:
     """An adapter name is a non-empty str without '.' (it is a key of the state dict)."""
     if not isinstance(name, str):
@@ -128,7 +133,7 @@ class AdapterLayer(nn.Module):
     #: Config class this layer takes.
     config_class: type = AdapterConfig
 
-    def __init__(self, base_layer: nn.Module):
+    def __init__(self, base_layer: nn.Module, adapter_name=None, config=None):
         super().__init__()
         in_f, out_f, fifo = base_layer_shape(base_layer)
         self.base_layer = base_layer
@@ -141,6 +146,8 @@ class AdapterLayer(nn.Module):
         self._disabled = False
         for attr in self.adapter_param_names:
             setattr(self, attr, nn.ParameterDict())
+        if config is not None:
+            self.add_adapter(adapter_name, config)
 
     # -- to be provided by subclasses ---------------------------------------------------------
     @classmethod
@@ -153,6 +160,9 @@ class AdapterLayer(nn.Module):
         if not isinstance(config, cls.config_class):
             raise TypeError(f"{cls.__name__} takes a {cls.config_class.__name__}, got "
                             f"{type(config).__name__}")
+        b = getattr(config, "block_size", None)         # the circulant adapters' blocks
+        if b is not None and (in_features % b or out_features % b):
+            raise block_size_error(b, in_features, out_features, where(name))
 
     def _create(self, name: str, config, device, dtype):
         """Create adapter ``name``'s tensors on ``device`` in ``dtype`` (drawn in float32, so

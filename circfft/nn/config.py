@@ -63,6 +63,11 @@ def _check_names(value, name, allow_none=True):
                     f"got {type(value).__name__}")
 
 
+def _check_choice(value, name, choices):
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not known; expected one of {choices}")
+
+
 def _positive_int(value, name, allow_none=False):
     if value is None and allow_none:
         return None
@@ -203,9 +208,7 @@ class CirculantConfig(AdapterConfig):
             raise ValueError(f"scale must be a positive finite float, got {s!r}")
         else:
             self.scale = float(s)
-        if self.init not in CIRCULANT_INITS:
-            raise ValueError(f"init={self.init!r} is not known; expected one of "
-                             f"{CIRCULANT_INITS}")
+        _check_choice(self.init, "init", CIRCULANT_INITS)
 
 
 @dataclass
@@ -239,9 +242,7 @@ class CirculantDiagonalConfig(AdapterConfig):
         super().__post_init__()
         self.block_size = _positive_int(self.block_size, "block_size", allow_none=True)
         self.factors = _positive_int(self.factors, "factors")
-        if self.init not in CIRCULANT_DIAGONAL_INITS:
-            raise ValueError(f"init={self.init!r} is not known; expected one of "
-                             f"{CIRCULANT_DIAGONAL_INITS}")
+        _check_choice(self.init, "init", CIRCULANT_DIAGONAL_INITS)
 
 
 @dataclass

@@ -58,18 +58,14 @@ from torch import nn
 from . import functional as F
 from ._fourierft import fourierft_delta_weight as _fourierft_delta_weight
 from ._layer_base import (SUPPORTED_BASE_TYPES, AdapterLayer, base_layer_shape,
-                          block_size_error, compute_dtype, fft_flops, is_supported_base,
-                          valid_block_sizes)
+                          compute_dtype, fft_flops, is_supported_base, valid_block_sizes,
+                          where)
 from ._merged import block_circulant_linear, fourierft_linear
 from .config import CirculantConfig, CirculantDiagonalConfig, FourierFTConfig
 
 __all__ = ["AdapterLayer", "CirculantAdapter", "CirculantDiagonalAdapter", "FourierFTAdapter",
            "SUPPORTED_BASE_TYPES", "base_layer_shape", "is_supported_base", "valid_block_sizes",
            "default_block_size", "compute_dtype", "LAYER_CLASSES"]
-
-
-def _where(name):
-    return f" of layer '{name}'" if name else ""
 
 
 # save_input=True: the operators keep a reference to x (saved by the frozen base layer anyway)
@@ -122,17 +118,8 @@ class CirculantAdapter(AdapterLayer):
 
     def __init__(self, base_layer, block_size=64, scale="fan_in", init="zeros", *,
                  adapter_name="default", config=None):
-        if config is None:
-            config = CirculantConfig(block_size=block_size, scale=scale, init=init)
-        super().__init__(base_layer)
-        self.add_adapter(adapter_name, config)
-
-    @classmethod
-    def check_config(cls, config, in_features, out_features, name=""):
-        super().check_config(config, in_features, out_features, name)
-        b = config.block_size
-        if in_features % b or out_features % b:
-            raise block_size_error(b, in_features, out_features, _where(name))
+        super().__init__(base_layer, adapter_name,
+                         config or CirculantConfig(block_size=block_size, scale=scale, init=init))
 
     def _create(self, name, config, device, dtype):
         b = config.block_size
@@ -216,17 +203,8 @@ class CirculantDiagonalAdapter(AdapterLayer):
 
     def __init__(self, base_layer, block_size=None, factors=1, init="zeros", *,
                  adapter_name="default", config=None):
-        if config is None:
-            config = CirculantDiagonalConfig(block_size=block_size, factors=factors, init=init)
-        super().__init__(base_layer)
-        self.add_adapter(adapter_name, config)
-
-    @classmethod
-    def check_config(cls, config, in_features, out_features, name=""):
-        super().check_config(config, in_features, out_features, name)
-        b = config.block_size
-        if b is not None and (in_features % b or out_features % b):
-            raise block_size_error(b, in_features, out_features, _where(name))
+        super().__init__(base_layer, adapter_name, config or CirculantDiagonalConfig(
+            block_size=block_size, factors=factors, init=init))
 
     def block_size(self, name: str) -> int:
         """The block size adapter ``name`` uses (resolving None)."""
@@ -323,12 +301,9 @@ class FourierFTAdapter(AdapterLayer):
 
     def __init__(self, base_layer, n_frequency=1000, scaling=150.0, random_loc_seed=777,
                  init_weights=False, *, adapter_name="default", config=None):
-        if config is None:
-            config = FourierFTConfig(n_frequency=n_frequency, scaling=scaling,
-                                     random_loc_seed=random_loc_seed,
-                                     init_weights=init_weights)
-        super().__init__(base_layer)
-        self.add_adapter(adapter_name, config)
+        super().__init__(base_layer, adapter_name, config or FourierFTConfig(
+            n_frequency=n_frequency, scaling=scaling, random_loc_seed=random_loc_seed,
+            init_weights=init_weights))
 
     @classmethod
     def check_config(cls, config, in_features, out_features, name=""):
@@ -336,7 +311,7 @@ class FourierFTAdapter(AdapterLayer):
         if config.n_frequency > in_features * out_features:
             raise ValueError(f"n_frequency={config.n_frequency} exceeds in_features * "
                              f"out_features = {in_features} * {out_features} = "
-                             f"{in_features * out_features}{_where(name)}")
+                             f"{in_features * out_features}{where(name)}")
 
     @staticmethod
     def entry_positions(in_features, out_features, n_frequency, seed):
