@@ -237,3 +237,21 @@ def fft_inplace(a, m, tw, n):
             radix4_stage(a, b, s, l // s, tw, n)
             s //= 4
         last_stages(a, b, s, l)
+
+
+@njit(**_JIT)
+def merge_pair(ar, ai, br, bi, tw, k):
+    """The inverse split of one frequency pair: from ``A = Y_k`` and ``B = Y_{m-k}`` (lane
+    vectors) to ``conj(2Z_k)`` and ``conj(2Z_{m-k})`` as four lane vectors (real and
+    imaginary parts): the merge of both the laned and the long-row kernels."""
+    wr = at(tw, 2 * k)
+    wi = -at(tw, 2 * k + 1)      # conj(W^k)
+    er = ar + br            # 2E = A + conj(B)
+    ei = ai - bi
+    dr = ar - br            # A - conj(B)
+    di = ai + bi
+    orr = dr * wr - di * wi  # 2O = (A - conj B) conj(W^k)
+    oi = dr * wi + di * wr
+    # Z_k = 2E + i 2O and Z_{m-k} = conj(2E) + i conj(2O), conjugated
+    return er - oi, -(ei + orr), er + oi, ei - orr
+

@@ -40,7 +40,7 @@ These details matter for speed:
 import numpy as np
 from numba import njit
 
-from ._numba_fft import fft_inplace
+from ._numba_fft import fft_inplace, merge_pair
 from ._numba_simd import (LANE_BYTES, alternate, at, detach, lane_count, peek, poke,
                           prefetch_rows, transpose_gather, transpose_lanes, transpose_scatter,
                           vload, vload_at, vstore, vstore_at)
@@ -248,22 +248,12 @@ def merge_inplace(a, n, tw):
     for k in range(1, h):
         pa = k * S
         pb = (m - k) * S
-        ar = vload(a, pa)
-        ai = vload(a, pa + V)
-        br = vload(a, pb)
-        bi = vload(a, pb + V)
-        wr = at(tw, 2 * k)
-        wi = -at(tw, 2 * k + 1)      # conj(W^k)
-        er = ar + br            # 2E = A + conj(B)
-        ei = ai - bi
-        dr = ar - br            # A - conj(B)
-        di = ai + bi
-        orr = dr * wr - di * wi  # 2O = (A - conj B) conj(W^k)
-        oi = dr * wi + di * wr
-        vstore(a, pa, er - oi)                  # conj(Z_k), Z_k = 2E + i 2O
-        vstore(a, pa + V, -(ei + orr))
-        vstore(a, pb, er + oi)                  # conj(Z_{m-k})
-        vstore(a, pb + V, ei - orr)
+        zr, zi, yr, yi = merge_pair(vload(a, pa), vload(a, pa + V), vload(a, pb),
+                                    vload(a, pb + V), tw, k)
+        vstore(a, pa, zr)
+        vstore(a, pa + V, zi)
+        vstore(a, pb, yr)
+        vstore(a, pb + V, yi)
 
 
 @njit(**_JIT)

@@ -20,7 +20,7 @@ two rows (``a`` and ``b``, ``n`` elements each), plus a 2 V x V tile.
 import numpy as np
 from numba import njit
 
-from ._numba_fft import fft_inplace
+from ._numba_fft import fft_inplace, merge_pair
 from ._numba_simd import (at, detach, lane_count, lane_dft_dif, lane_dft_dit, peek, poke,
                           transpose_lanes, vload, vload_at, vreverse, vsplat, vstore,
                           vstore_at)
@@ -88,22 +88,12 @@ def merge_spectrum(y, a, n, tw):
     vstore(a, h * S, 2.0 * vload(y, h * V))
     vstore(a, h * S + V, 2.0 * vload(y, (n - h) * V))
     for k in range(1, h):
-        ar = vload(y, k * V)
-        ai = vload(y, (n - k) * V)
-        br = vload(y, (m - k) * V)
-        bi = vload(y, (m + k) * V)
-        wr = at(tw, 2 * k)
-        wi = -at(tw, 2 * k + 1)      # conj(W^k)
-        er = ar + br            # 2E = A + conj(B)
-        ei = ai - bi
-        dr = ar - br            # A - conj(B)
-        di = ai + bi
-        orr = dr * wr - di * wi  # 2O = (A - conj B) conj(W^k)
-        oi = dr * wi + di * wr
-        vstore(a, k * S, er - oi)                   # conj(Z_k), Z_k = 2E + i 2O
-        vstore(a, k * S + V, -(ei + orr))
-        vstore(a, (m - k) * S, er + oi)             # conj(Z_{m-k})
-        vstore(a, (m - k) * S + V, ei - orr)
+        zr, zi, yr, yi = merge_pair(vload(y, k * V), vload(y, (n - k) * V),
+                                    vload(y, (m - k) * V), vload(y, (m + k) * V), tw, k)
+        vstore(a, k * S, zr)
+        vstore(a, k * S + V, zi)
+        vstore(a, (m - k) * S, yr)
+        vstore(a, (m - k) * S + V, yi)
 
 
 @njit(**_JIT)
