@@ -342,33 +342,8 @@ def test_half_precision_base(kind, dtype):
     atol = (1 + uh) * dgu + uh * np.abs(gu) + uh * np.abs(_np(xh.grad))
     assert_close(_np(xh.grad), _np(xb.grad) + gu, atol, "grad x")
     G = g64.T @ x64
-    p = adapter_params(layer)
-    for name, param in layer.named_parameters():
-        if not param.requires_grad:
-            continue
-        assert param.grad is not None and param.grad.dtype == torch.float32, name
-        attr = name.split(".")[0]
-        if kind == "circulant":
-            b = layer.configs["default"].block_size
-            s = layer.scale("default")
-            expected = s * block_circulant_fold_oracle(G, b)
-            atol = abs(s) * math.sqrt(b) * (3 * fft_relative_error(b, np.float32)
-                                            + 7 * EPS32) * token_pairs(g64, x64)
-        elif kind == "fourierft":
-            rows, cols = (_np(t).astype(int) for t in layer.positions("default"))
-            expected = _fourierft_grad_oracle(G, rows, cols, 20.0)
-            atol = fourierft_grad_tolerance(g64, x64, 8, 16, 20.0, np.float32)
-        else:
-            expected = circulant_diagonal_gradient_oracle(p, attr, G)
-            norms = circulant_diagonal_factor_norms(p)
-            ops = float(np.prod(list(norms.values())))
-            bb = layer.block_size("default")
-            chain = circulant_diagonal_chain_error(bb, p["cd_kernel"].shape[1], 2, np.float32)
-            own = (3 * fft_relative_error(bb, np.float32) * math.sqrt(bb)
-                   if "kernel" in attr else 2 * EPS32)
-            norm = norms.get(attr) or norms[(attr, 0)]        # factors=2: one inner factor
-            atol = (2 * chain + own + 5 * EPS32) * ops / norm * token_pairs(g64, x64)
-        assert_close(_np(param.grad), expected, atol, f"grad {name}")
+    _assert_adapter_grads(layer, kind, G, g64, x64,
+                          lambda g: g.dtype == torch.float32)
 
 
 def _fourierft_grad_oracle(G, rows, cols, scaling):
@@ -537,32 +512,7 @@ def test_device_forward_backward_merge_against_oracle(kind, dtype, device):
                 + u * np.abs(g64 @ D) + u * np.abs(_np(xd.grad).reshape(-1, 64)))
     assert_close(_np(xd.grad).reshape(-1, 64), gx, atol, "grad x")
     G = g64.T @ x64
-    p = adapter_params(layer)
-    for name, param in layer.named_parameters():
-        if not param.requires_grad:
-            continue
-        assert param.grad is not None and param.grad.device.type == device, name
-        attr = name.split(".")[0]
-        if kind == "circulant":
-            b, s = layer.configs["default"].block_size, layer.scale("default")
-            expected_g = s * block_circulant_fold_oracle(G, b)
-            atol = abs(s) * math.sqrt(b) * (3 * fft_relative_error(b, np.float32)
-                                            + (len(x64) + 2) * EPS32) * token_pairs(g64, x64)
-        elif kind == "fourierft":
-            rows, cols = (_np(t).astype(int) for t in layer.positions("default"))
-            expected_g = _fourierft_grad_oracle(G, rows, cols, 20.0)
-            atol = fourierft_grad_tolerance(g64, x64, 32, 64, 20.0, np.float32)
-        else:
-            expected_g = circulant_diagonal_gradient_oracle(p, attr, G)
-            norms = circulant_diagonal_factor_norms(p)
-            ops = float(np.prod(list(norms.values())))
-            bb = layer.block_size("default")
-            chain = circulant_diagonal_chain_error(bb, p["cd_kernel"].shape[1], 2, np.float32)
-            own = (3 * fft_relative_error(bb, np.float32) * math.sqrt(bb)
-                   if "kernel" in attr else 2 * EPS32)
-            norm = norms.get(attr) or norms[(attr, 0)]
-            atol = (2 * chain + own + (len(x64) + 2) * EPS32) * ops / norm * token_pairs(g64, x64)
-        assert_close(_np(param.grad), expected_g, atol, f"grad {name}")
+    _assert_adapter_grads(layer, kind, G, g64, x64, lambda g: g.device.type == device)
     # merge: the weight becomes W + D (one rounding to the weight's dtype), and the layer is
     # that plain linear layer; unmerge gives W back to two roundings
     w0 = _np(layer.base_layer.weight)
@@ -672,3 +622,36 @@ def test_compiles_fullgraph_like_eager(make):
             assert a is None
         else:
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+def _assert_adapter_grads(layer, kind, G, g64, x64, grad_ok):
+    """Every trainable adapter tensor's gradient against its float64 oracle, for
+    ``G = g64^T x64`` (float32 arithmetic; the sum over the ``len(x64)`` tokens adds
+    ``(tokens + 2) eps``); ``grad_ok(grad)`` checks its dtype or device."""
+    p = adapter_params(layer)
+    sum_eps = (len(x64) + 2) * EPS32
+    for name, param in layer.named_parameters():
+        if not param.requires_grad:
+            continue
+        assert param.grad is not None and grad_ok(param.grad), name
+        attr = name.split(".")[0]
+        if kind == "circulant":
+            b, s = layer.configs["default"].block_size, layer.scale("default")
+            expected = s * block_circulant_fold_oracle(G, b)
+            atol = abs(s) * math.sqrt(b) * (3 * fft_relative_error(b, np.float32)
+                                            + sum_eps) * token_pairs(g64, x64)
+        elif kind == "fourierft":
+            rows, cols = (_np(t).astype(int) for t in layer.positions("default"))
+            expected = _fourierft_grad_oracle(G, rows, cols, 20.0)
+            atol = fourierft_grad_tolerance(g64, x64, layer.out_features, layer.in_features,
+                                            20.0, np.float32)
+        else:
+            expected = circulant_diagonal_gradient_oracle(p, attr, G)
+            norms = circulant_diagonal_factor_norms(p)
+            ops = float(np.prod(list(norms.values())))
+            bb = layer.block_size("default")
+            chain = circulant_diagonal_chain_error(bb, p["cd_kernel"].shape[1], 2, np.float32)
+            own = (3 * fft_relative_error(bb, np.float32) * math.sqrt(bb)
+                   if "kernel" in attr else 2 * EPS32)
+            norm = norms.get(attr) or norms[(attr, 0)]        # factors=2: one inner factor
+            atol = (2 * chain + own + sum_eps) * ops / norm * token_pairs(g64, x64)
+        assert_close(_np(param.grad), expected, atol, f"grad {name}")
